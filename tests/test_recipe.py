@@ -36,7 +36,7 @@ def test_bad_value_and_bad_override():
     with pytest.raises(RecipeError, match="key=value"):
         recipe.load(Cfg, None, ["steps"])
     with pytest.raises(RecipeError, match="not a section"):
-        recipe.load(Cfg, None, ["steps.x=1"])
+        recipe.apply_overrides({"steps": 5}, ["steps.x=1"])
 
 
 def test_missing_and_malformed_files(tmp_path):
