@@ -1,0 +1,110 @@
+"""`jobs`: query / job-posting relevance with yes/no labels, in the shape of semantic job search.
+
+A query names a title, a place and two skills; a posting names a company, a title, a place and its
+skills among realistic filler (benefits, culture, process) that a context compressor could drop.
+The label is "yes" exactly when the posting's title and place both match the query's. Negatives
+differ in the title, the place, or both (hard negatives share the other field and the skills).
+"""
+
+from __future__ import annotations
+
+import random
+
+from slimkit.tasks.base import Example, Task
+
+# How query and posting are joined into the user prompt. The query comes first so that a scorer can
+# prefill the shared part once; the posting starts after a newline so it tokenizes the same alone.
+TEMPLATE = "Query:\n{query}\nPosting:\n{item}\nIs the posting relevant to the query? Answer yes or no."
+LABELS = ("yes", "no")
+
+TITLES = {
+    "data engineer": ["python", "sql", "spark", "airflow", "kafka"],
+    "backend developer": ["java", "go", "postgres", "docker", "kubernetes"],
+    "frontend developer": ["javascript", "react", "css", "typescript", "figma"],
+    "machine learning engineer": ["python", "pytorch", "statistics", "docker", "sql"],
+    "nurse": ["patient care", "first aid", "night shifts", "medication", "teamwork"],
+    "accountant": ["excel", "bookkeeping", "tax law", "sap", "audits"],
+    "sales manager": ["negotiation", "crm", "b2b sales", "forecasting", "english"],
+    "graphic designer": ["photoshop", "illustrator", "figma", "typography", "branding"],
+    "electrician": ["wiring", "safety rules", "maintenance", "blueprints", "driving licence"],
+    "chef": ["french cuisine", "menu planning", "food safety", "pastry", "team leading"],
+    "teacher": ["mathematics", "classroom management", "english", "lesson planning", "patience"],
+    "product manager": ["roadmaps", "user research", "sql", "agile", "stakeholder management"],
+}
+PLACES = ["Berlin", "Paris", "London", "Madrid", "Rome", "Vienna", "Warsaw", "Lisbon", "Dublin", "Oslo",
+          "Prague", "Zurich"]
+COMPANIES = ["Acme", "Globex", "Initech", "Umbrella", "Stark Industries", "Hooli", "Vandelay", "Wonka",
+             "Cyberdyne", "Soylent", "Tyrell", "Wayne Enterprises", "Aperture", "Massive Dynamic"]
+FILLER = [
+    "We are a fast-growing company with a friendly and international team.",
+    "We offer flexible working hours and the option to work from home two days a week.",
+    "Our office is close to public transport and has a bright kitchen with free coffee.",
+    "You will get thirty days of paid holiday and a yearly learning budget.",
+    "We value diversity and welcome applications from all backgrounds.",
+    "The hiring process has two interviews and a short practical task.",
+    "Our customers range from small shops to large international brands.",
+    "We have been in business for more than twenty years and keep growing every year.",
+    "You will join a team of motivated people who like to share what they know.",
+    "We care about a healthy work-life balance and sustainable growth.",
+    "A company pension plan and a public transport ticket are part of the package.",
+    "Regular team events and a summer party are part of our culture.",
+    "You will report to the head of the department and work closely with other teams.",
+    "Please send your CV and a short cover letter through our careers page.",
+    "We are looking forward to hearing from you and will answer every application.",
+    "Our mission is to make everyday work simpler for thousands of people.",
+    "New colleagues get a mentor and a structured onboarding in their first weeks.",
+    "The salary is competitive and depends on your experience.",
+    "We use modern tools and keep our processes lean and transparent.",
+    "Good communication skills and a sense of humour are a plus.",
+    "The position is full time and the contract is permanent.",
+    "Free fruit, a gym subsidy and bike leasing are available to all staff.",
+]
+
+
+def make_query(title: str, place: str, skills: list[str]) -> str:
+    return f"title: {title}\nplace: {place}\nskills: {', '.join(skills)}"
+
+
+def make_posting(rng: random.Random, title: str, place: str, skills: list[str]) -> str:
+    """Structured lines (one field a line, as job boards render them) with filler paragraphs between."""
+    filler = rng.sample(FILLER, rng.randint(4, 6))
+    a, b = sorted(rng.sample(range(1, len(filler)), 2)) if len(filler) > 2 else (1, 1)
+    lines = [f"company: {rng.choice(COMPANIES)}", f"title: {title}", " ".join(filler[:a]),
+             f"place: {place}", " ".join(filler[a:b]), f"requirements: {', '.join(skills)}",
+             " ".join(filler[b:])]
+    return "\n".join(line for line in lines if line)
+
+
+class Jobs(Task):
+    name = "jobs"
+    default_sizes = {"train": 20000, "validation": 400, "test": 600}
+
+    def _sample(self, rng: random.Random) -> tuple[str, Example]:
+        q_title = rng.choice(sorted(TITLES))
+        q_place = rng.choice(PLACES)
+        q_skills = rng.sample(TITLES[q_title], 2)
+        label = rng.random() < 0.5
+        p_title, p_place = q_title, q_place
+        if not label:
+            kind = rng.choice(("title", "place", "both"))
+            if kind in ("title", "both"):
+                p_title = rng.choice([t for t in sorted(TITLES) if t != q_title])
+            if kind in ("place", "both"):
+                p_place = rng.choice([p for p in PLACES if p != q_place])
+        p_skills = rng.sample(TITLES[p_title] if rng.random() < 0.8 else TITLES[q_title], 3)
+        query = make_query(q_title, q_place, q_skills)
+        posting = make_posting(rng, p_title, p_place, p_skills)
+        answer = "yes" if label else "no"
+        meta = {"query": query, "posting": posting, "label": int(label)}
+        return f"{query}|{posting}", Example(prompt=TEMPLATE.format(query=query, item=posting), answer=answer,
+                                             meta=meta)
+
+    def verify(self, example: Example, completion: str) -> bool:
+        words = completion.strip().split()
+        return bool(words) and words[0].strip(".,!").lower() == example.answer.strip().lower()
+
+
+def vocabulary() -> list[str]:
+    """The task's content words (titles, places, skills, companies), for training a tokenizer."""
+    skills = sorted({s for v in TITLES.values() for s in v})
+    return [*TITLES, *PLACES, *skills, *COMPANIES]

@@ -1,0 +1,107 @@
+"""The embedded toy world: the toy tokenizer, a teacher and a smaller student trained here on CPU.
+
+    slimkit.toy.default_dir()        # ~/.cache/slimkit/toy-v1 (or $SLIMKIT_HOME/toy-v1)
+    slimkit.toy.ensure()             # build it if missing; returns the directory
+    slimkit.toy.make_tiny_model_dir(tmp_path / "m")   # random-init Qwen3 + toy tokenizer, for tests
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+VERSION = "toy-v1"
+
+
+def home() -> Path:
+    return Path(os.environ.get("SLIMKIT_HOME") or Path.home() / ".cache" / "slimkit")
+
+
+def default_dir() -> Path:
+    """Where the toy world lives: `teacher/` and `student/`, each a full model dir with tokenizer."""
+    return home() / VERSION
+
+
+def is_built(path: str | os.PathLike | None = None) -> bool:
+    from slimkit.artifacts import is_model_dir
+
+    root = Path(path) if path is not None else default_dir()
+    return all(is_model_dir(root / name) for name in ("teacher", "student"))
+
+
+def ensure(path: str | os.PathLike | None = None) -> Path:
+    """The toy world's directory, built first if it is missing."""
+    root = Path(path) if path is not None else default_dir()
+    if not is_built(root):
+        from slimkit.toy_build import build
+
+        build(root)
+    return root
+
+
+def tokenizer_corpus_examples() -> dict:
+    from slimkit.tasks import get_task
+
+    return {"arith": get_task("arith").split("train", 10000), "jobs": get_task("jobs").split("train", 5000)}
+
+
+@functools.lru_cache(maxsize=1)
+def _toy_tokenizer_json() -> str:
+    from slimkit.tasks.jobs import vocabulary
+    from slimkit.tasks.tokenizer import corpus, train_tokenizer
+
+    tok = train_tokenizer(corpus(tokenizer_corpus_examples(), vocabulary()))
+    return tok.backend_tokenizer.to_str()
+
+
+def toy_tokenizer():
+    """The toy world's tokenizer (trained on the tasks' text; deterministic; cached per process)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from slimkit.tasks.tokenizer import CHAT_TEMPLATE, EOS, PAD
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_toy_tokenizer_json()), eos_token=EOS,
+                                  pad_token=PAD, padding_side="left", additional_special_tokens=["<|im_start|>"])
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def qwen3_config(tok, *, hidden: int, layers: int, heads: int, kv_heads: int, head_dim: int,
+                 intermediate: int, vocab: int | None = None, max_positions: int = 512):
+    from transformers import Qwen3Config
+
+    return Qwen3Config(
+        vocab_size=vocab or len(tok), hidden_size=hidden, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
+        intermediate_size=intermediate, max_position_embeddings=max_positions, tie_word_embeddings=True,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None,
+        rope_theta=10000.0,
+    )
+
+
+def new_model(tok, *, seed: int = 0, **shape):
+    """A random-init Qwen3 causal LM of the given shape (see `qwen3_config`), fp32, on CPU."""
+    import torch
+    from transformers import GenerationConfig, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(qwen3_config(tok, **shape))
+    model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                                               do_sample=False)
+    return model.eval()
+
+
+def make_tiny_model_dir(out: str | os.PathLike, *, hidden: int = 64, layers: int = 2, heads: int = 2,
+                        kv_heads: int = 1, head_dim: int = 32, intermediate: int = 128, vocab: int | None = None,
+                        seed: int = 0) -> Path:
+    """Write a random-init Qwen3 + the toy tokenizer to `out` with artifacts.save (fast; for tests)."""
+    from slimkit import artifacts
+
+    tok = toy_tokenizer()
+    model = new_model(tok, seed=seed, hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads,
+                      head_dim=head_dim, intermediate=intermediate, vocab=vocab)
+    shape = dict(hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                 intermediate=intermediate, vocab=vocab, seed=seed)
+    return artifacts.save(model, tok, out, stage="tiny-random", recipe={"shape": shape})
