@@ -1,0 +1,133 @@
+"""The torch engine: shared-prefix scoring with a reused KV cache and label log-probs at the last
+position only.
+
+Per request, the shared token ids (template prefix + query) are prefilled once; their KV cache is
+expanded (a view, no copy) to each batch of items. Items are right-padded after the prefix, with
+positions continuing from the prefix length and an attention mask over prefix + item, so every real
+token sees exactly what it would see in its own unpadded sequence: a score does not depend on what
+else is in the batch. The model body runs without its LM head; only the final hidden state of each
+item's last token is projected, onto the label rows of the LM head (or through
+`kernels.linear_logprob` for the full-vocabulary log-normalizer).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from slimkit import artifacts
+from slimkit.errors import SlimkitError
+from slimkit.kernels import linear_logprob
+from slimkit.serve.engine import Engine, LogProbsJob, LogProbsResult, check_logprobs_job
+from slimkit.serve.prompt import ScoreJob
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class TorchEngine(Engine):
+    name = "torch"
+
+    def __init__(self, model_dir: str | Path, *, dtype: str = "float32", device: str = "cpu",
+                 max_batch: int = 64, share_prefix: bool = True, attn: str | None = None) -> None:
+        if dtype not in DTYPES:
+            raise SlimkitError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        self.model_dir = Path(model_dir)
+        self.model, self.tokenizer = artifacts.load(model_dir, dtype=DTYPES[dtype], device=device)
+        if attn is not None:
+            self.model.set_attn_implementation(attn)
+        self.body = self.model.get_decoder()
+        head = self.model.get_output_embeddings()
+        self.head_weight, self.head_bias = head.weight, getattr(head, "bias", None)
+        self.vocab_size = int(self.model.config.vocab_size)
+        self.dtype, self.device = dtype, torch.device(device)
+        self.max_batch, self.share_prefix = max_batch, share_prefix
+
+    # -- Score ---------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def score(self, jobs: list[ScoreJob]) -> list[np.ndarray]:
+        return [self._score_job(job) for job in jobs]
+
+    def _score_job(self, job: ScoreJob) -> np.ndarray:
+        n = len(job.item_ids)
+        hidden = torch.empty(n, self.head_weight.shape[1], dtype=self.head_weight.dtype, device=self.device)
+        order = sorted(range(n), key=lambda i: len(job.item_ids[i]))      # less padding per batch
+        prefix = self._prefill(job.shared_ids) if self.share_prefix and job.shared_ids else None
+        for start in range(0, n, self.max_batch):
+            idx = order[start:start + self.max_batch]
+            if prefix is not None:
+                seqs = [job.item_ids[i] for i in idx]
+                hidden[idx] = self._last_hidden(seqs, prefix, len(job.shared_ids))
+            else:
+                seqs = [job.shared_ids + job.item_ids[i] for i in idx]
+                hidden[idx] = self._last_hidden(seqs, None, 0)
+        return self._label_logprobs(hidden, job.label_ids, job.normalization).cpu().numpy()
+
+    def _prefill(self, ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Run the shared ids once; return each layer's (keys, values) for batch size 1."""
+        x = torch.tensor([ids], device=self.device)
+        out = self.body(input_ids=x, attention_mask=torch.ones_like(x), use_cache=True)
+        cache = out.past_key_values
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _last_hidden(self, seqs: list[list[int]], prefix, plen: int) -> torch.Tensor:
+        """Final hidden state at each sequence's last token; sequences continue `prefix` (if any)."""
+        from transformers import DynamicCache
+
+        b, width = len(seqs), max(len(s) for s in seqs)
+        ids = torch.zeros(b, width, dtype=torch.long, device=self.device)
+        mask = torch.zeros(b, plen + width, dtype=torch.long, device=self.device)
+        mask[:, :plen] = 1
+        lens = torch.tensor([len(s) for s in seqs], device=self.device)
+        for r, s in enumerate(seqs):                       # right padding: real tokens never see pads
+            ids[r, :len(s)] = torch.tensor(s, device=self.device)
+            mask[r, plen:plen + len(s)] = 1
+        pos = (plen + torch.arange(width, device=self.device)).expand(b, width)
+        cache = None
+        if prefix is not None:
+            cache = DynamicCache(ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1))
+                                                 for k, v in prefix], config=self.model.config)
+        out = self.body(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                        use_cache=cache is not None)
+        return out.last_hidden_state[torch.arange(b, device=self.device), lens - 1]
+
+    def _label_logprobs(self, hidden: torch.Tensor, label_ids: list[int], normalization: str) -> torch.Tensor:
+        """[n, K] label log-probs in fp32: over the label rows only, or over the vocabulary."""
+        labels = torch.tensor(label_ids, device=self.device)
+        w = self.head_weight[labels].float()
+        logits = hidden.float() @ w.T
+        if self.head_bias is not None:
+            logits = logits + self.head_bias[labels].float()
+        if normalization == "labels":
+            return torch.log_softmax(logits, dim=-1)
+        lse = linear_logprob(hidden.float(), self.head_weight.float(), labels[:1].expand(len(hidden)),
+                             bias=None if self.head_bias is None else self.head_bias.float(),
+                             vocab_size=self.vocab_size).lse
+        return logits - lse[:, None]
+
+    # -- LogProbs ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def logprobs(self, jobs: list[LogProbsJob]) -> list[LogProbsResult]:
+        for job in jobs:
+            check_logprobs_job(job, self)
+        return [self._logprobs_job(job) for job in jobs]
+
+    def _logprobs_job(self, job: LogProbsJob) -> LogProbsResult:
+        ids = job.prompt_ids + job.continuation_ids
+        p, c = len(job.prompt_ids), len(job.continuation_ids)
+        x = torch.tensor([ids], device=self.device)
+        h = self.body(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).last_hidden_state[0]
+        h = h[p - 1:p + c - 1].float()                     # the positions that predict the continuation
+        w = self.head_weight.float()
+        bias = None if self.head_bias is None else self.head_bias.float()
+        targets = torch.tensor(job.continuation_ids, device=self.device)
+        out = linear_logprob(h, w, targets, bias=bias, vocab_size=self.vocab_size)
+        top: list[list[tuple[int, float]]] = []
+        if job.top_k:
+            k = min(job.top_k, self.vocab_size)
+            for i in range(c):                             # one row of logits at a time
+                z = h[i] @ w.T + (0 if bias is None else bias)
+                vals, idx = torch.topk(z[:self.vocab_size] - out.lse[i], k)
+                top.append(list(zip(idx.tolist(), vals.tolist(), strict=True)))
+        return LogProbsResult(out.logprob.tolist(), top)
