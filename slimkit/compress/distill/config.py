@@ -1,0 +1,138 @@
+"""The distillation recipe: one pydantic model per section, unknown keys are errors.
+
+Example (recipes/opd_toy.yaml)::
+
+    teacher: ~/.cache/slimkit/toy-v1/teacher
+    student: ~/.cache/slimkit/toy-v1/student
+    out: runs/opd_toy
+    data: {task: arith, split: train}
+    rollout: {source: student, samples: 1, temperature: 1.0, max_new_tokens: 96}
+    loss: {kind: reverse}
+    select: {method: entropy_top, ratio: 0.5}
+    train: {steps: 100, prompts_per_step: 16, micro_batch: 16}
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from slimkit.recipe import StageConfig
+
+Quadrant = Literal["Q1", "Q2", "Q3", "Q4"]
+
+
+class DataConfig(StageConfig):
+    """Prompts (and, for `rollout.source: dataset`, completions): a built-in task or a JSONL file."""
+
+    task: str | None = "arith"
+    split: str = "train"
+    n: int | None = Field(None, ge=1, description="use the first n examples (None: all)")
+    path: str | None = Field(None, description="JSONL of {prompt, answer} instead of a task split")
+
+
+class RolloutConfig(StageConfig):
+    """Where the sequences that are distilled on come from."""
+
+    source: Literal["student", "teacher", "dataset"] = "student"
+    engine: Literal["hf", "vllm"] = "hf"
+    samples: int = Field(1, ge=1, description="G samples per prompt")
+    temperature: float = Field(1.0, ge=0.0)
+    max_new_tokens: int = Field(64, ge=1)
+    stop: list[str] = Field(default_factory=list)
+    batch_size: int = Field(64, ge=1, description="prompts per generate() call")
+    refresh_every: int = Field(1, ge=1, description="vLLM: push student weights every K steps")
+    cache: str | None = Field(None, description="teacher rollouts JSONL (default: OUT/teacher_rollouts.jsonl)")
+
+
+class LossConfig(StageConfig):
+    kind: Literal["forward", "reverse", "jsd"] = "reverse"
+    beta: float = Field(0.5, ge=0.0, le=1.0, description="JSD mixture weight")
+    temperature: float = Field(1.0, gt=0.0)
+    teacher: Literal["live", "topk"] = Field("live", description="live teacher or cached sparse top-k")
+    topk: int = Field(64, ge=1)
+    topk_cache: str | None = Field(None, description="top-k cache dir (default: OUT/teacher_topk)")
+
+
+class SelectConfig(StageConfig):
+    """Token-importance selection (TIP), applied before the student's lm_head runs with gradients.
+
+    H is the student's entropy, D the teacher-student Jensen-Shannon divergence (<= ln 2).
+    """
+
+    method: Literal["all", "entropy_top", "entropy_sample", "quadrant", "union"] = "all"
+    ratio: float = Field(0.5, gt=0.0, le=1.0, description="kept fraction for entropy_top/entropy_sample")
+    alpha: float = Field(1.0, ge=0.0, description="entropy_sample weight (H/ln V)^alpha")
+    gamma: float = Field(1.0, ge=0.0, description="entropy_sample weight (D/ln 2)^gamma")
+    quadrants: list[Quadrant] = Field(default_factory=lambda: ["Q3"])
+    threshold: Literal["quantile", "absolute"] = "quantile"
+    entropy_threshold: float = Field(0.5, ge=0.0, description="quantile in [0,1] or nats")
+    divergence_threshold: float = Field(0.5, ge=0.0, description="quantile in [0,1] or nats")
+    log_quadrants: bool = Field(True, description="score all tokens (no grad) to log quadrants even for method=all")
+    any_of: list[SelectConfig] = Field(default_factory=list, description="union: keep tokens any child keeps")
+
+    @model_validator(mode="after")
+    def _check(self) -> SelectConfig:
+        if self.method == "union" and not self.any_of:
+            raise ValueError("select.method=union needs select.any_of (a list of selectors)")
+        if self.threshold == "quantile" and (self.entropy_threshold > 1 or self.divergence_threshold > 1):
+            raise ValueError("quantile thresholds must lie in [0, 1]")
+        return self
+
+
+class OptimConfig(StageConfig):
+    lr: float = Field(1e-4, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine decays to lr * min_lr_ratio")
+    grad_clip: float | None = Field(1.0, gt=0.0)
+
+
+class TrainConfig(StageConfig):
+    steps: int = Field(100, ge=1)
+    prompts_per_step: int = Field(16, ge=1, description="global: split across DDP ranks")
+    micro_batch: int = Field(16, ge=1, description="sequences per forward/backward")
+    seed: int = 0
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    teacher_dtype: Literal["float32", "bfloat16"] | None = None
+    device: str = "auto"
+    threads: int | None = Field(None, ge=1)
+    checkpoint_every: int = Field(50, ge=0, description="0: only at the end and on SIGTERM")
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(1, ge=1)
+    live_table: bool = True
+
+
+class EvalConfig(StageConfig):
+    every: int = Field(0, ge=0, description="evaluate every N steps (0: only at start and end)")
+    split: str = "validation"
+    n: int = Field(200, ge=1)
+    max_new_tokens: int | None = Field(None, ge=1, description="default: rollout.max_new_tokens")
+    at_start: bool = True
+
+
+class DistillConfig(StageConfig):
+    teacher: str
+    student: str
+    out: str = "runs/distill"
+    data: DataConfig = Field(default_factory=DataConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> DistillConfig:
+        if self.data.task is None and self.data.path is None:
+            raise ValueError("data needs a task or a path")
+        if self.loss.teacher == "topk" and self.rollout.source == "student":
+            raise ValueError("loss.teacher=topk caches the teacher on fixed sequences: "
+                             "use rollout.source teacher or dataset (on-policy needs loss.teacher=live)")
+        return self
+
+
+SelectConfig.model_rebuild()

@@ -1,0 +1,75 @@
+"""Distillation losses, all through `slimkit.kernels`: no [tokens x vocab] tensor is ever built here.
+
+The models' bodies run to the last hidden state (`model.model(...)`); the kernels fuse the lm_head
+matmul with the softmax/KL over the vocabulary. The teacher is either live, (hidden, lm_head weight),
+or a cached sparse top-k (ids, logprobs; the remaining mass is one tail bucket).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from slimkit import kernels
+from slimkit.compress.distill.rollouts import Batch
+from slimkit.compress.distill.select import Scores
+
+
+def lm_head(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    head = model.get_output_embeddings()
+    return head.weight, getattr(head, "bias", None)
+
+
+def last_hidden(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """[B, T, H] final (normed) hidden states of a causal LM's body; no logits."""
+    return model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+
+
+class Body(nn.Module):
+    """Wraps a causal LM so that forward() returns hidden states, not logits (and DDP can wrap it)."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def targets(hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """[N, H] hidden states at the supervised positions (those predicting a completion token)."""
+    return hidden[:, :-1][batch.target_mask]
+
+
+@dataclass
+class Teacher:
+    """What the kernels accept as the teacher for N rows: live (hidden, weight) or sparse (ids, logprobs)."""
+
+    hidden: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
+    ids: torch.Tensor | None = None
+    logprobs: torch.Tensor | None = None
+
+    def spec(self) -> kernels.LiveTeacher | kernels.SparseTeacher:
+        if self.hidden is not None:
+            return kernels.LiveTeacher(self.hidden, self.weight)
+        return kernels.SparseTeacher(self.ids, self.logprobs)
+
+
+def kl(student_hidden: torch.Tensor, student_weight: torch.Tensor, teacher: Teacher, *, kind: str,
+       beta: float, temperature: float, rows: torch.Tensor | None = None, reduction: str = "sum"):
+    """(loss, per-token divergence, per-token student entropy) from `slimkit.kernels.linear_kl`."""
+    out = kernels.linear_kl(student_hidden, student_weight, teacher.spec(), kind=kind, beta=beta,
+                            temperature=temperature, rows=rows, reduction=reduction)
+    return out.loss, out.kl, out.entropy
+
+
+@torch.no_grad()
+def scores(student_hidden: torch.Tensor, student_weight: torch.Tensor, teacher: Teacher, *,
+           temperature: float, vocab_size: int) -> Scores:
+    """Per-token student entropy and teacher-student JSD (beta 0.5, <= ln 2), no gradients, chunked."""
+    _, d, h = kl(student_hidden.detach(), student_weight.detach(), teacher, kind="jsd", beta=0.5,
+                 temperature=temperature, reduction="none")
+    return Scores(entropy=h.float(), divergence=d.float().clamp_min(0), vocab_size=vocab_size)

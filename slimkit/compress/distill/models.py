@@ -1,0 +1,65 @@
+"""Loading and checking teacher, student and data before any training starts (one clear error each)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from slimkit import artifacts
+from slimkit.compress.distill.config import DataConfig
+from slimkit.errors import SlimkitError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def model_path(path: str, role: str) -> Path:
+    p = Path(path).expanduser()
+    try:
+        return artifacts.check_model_dir(p)
+    except artifacts.ArtifactError as e:
+        raise SlimkitError(f"{role}: {e}") from None
+
+
+def check_vocab(student_tok, teacher_tok, student_vocab: int, teacher_vocab: int) -> None:
+    """Teacher and student must share one tokenizer; their lm_heads may differ only by padding rows."""
+    sv, tv = student_tok.get_vocab(), teacher_tok.get_vocab()
+    if sv != tv:
+        only_s, only_t = len(sv.keys() - tv.keys()), len(tv.keys() - sv.keys())
+        raise SlimkitError(f"teacher and student vocabularies differ beyond padding ({len(tv)} vs {len(sv)} tokens; "
+                           f"{only_t} only in the teacher, {only_s} only in the student, or ids differ): "
+                           "distillation needs one shared tokenizer")
+    n = len(student_tok)
+    for role, v in (("student", student_vocab), ("teacher", teacher_vocab)):
+        if v < n:
+            raise SlimkitError(f"{role} lm_head has {v} rows but the tokenizer has {n} tokens")
+
+
+def load_pair(teacher_path: str, student_path: str, *, teacher_dtype: str, device: torch.device):
+    """(teacher, student, tokenizer), checked: paths exist, one shared vocabulary (up to padding)."""
+    tdir, sdir = model_path(teacher_path, "teacher"), model_path(student_path, "student")
+    from transformers import AutoConfig
+
+    tcfg, scfg = AutoConfig.from_pretrained(tdir), AutoConfig.from_pretrained(sdir)
+    stok, ttok = artifacts.load_tokenizer(sdir), artifacts.load_tokenizer(tdir)
+    check_vocab(stok, ttok, scfg.vocab_size, tcfg.vocab_size)
+    teacher, _ = artifacts.load(tdir, dtype=DTYPES[teacher_dtype], device=str(device), with_tokenizer=False)
+    student, _ = artifacts.load(sdir, dtype=torch.float32, device=str(device), with_tokenizer=False)
+    teacher.requires_grad_(False).eval()
+    return teacher, student, stok, tdir, sdir
+
+
+def load_examples(cfg: DataConfig):
+    from slimkit.tasks import get_task, read_jsonl
+
+    if cfg.path:
+        p = Path(cfg.path).expanduser()
+        if not p.is_file():
+            raise SlimkitError(f"data.path {p} does not exist")
+        exs = read_jsonl(p)
+        exs = exs[: cfg.n] if cfg.n else exs
+    else:
+        exs = get_task(cfg.task).split(cfg.split, cfg.n)
+    if not exs:
+        raise SlimkitError("the data has no examples")
+    return exs

@@ -1,0 +1,151 @@
+"""Rollout sources: the token sequences (prompt + completion) that distillation runs on.
+
+- `student` (on-policy): sampled from the current student every step (HF generate with KV cache).
+- `teacher` (off-policy KD): sampled from the teacher once, cached to disk as JSONL (with a fingerprint
+  of teacher weights, prompts and sampling settings; a stale cache is refused).
+- `dataset`: the completions given in the data (`Example.answer`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from slimkit.compress.distill.config import RolloutConfig
+from slimkit.errors import SlimkitError
+
+
+@dataclass
+class Rollout:
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    example: int  # index into the data
+    key: int = -1  # fixed sources: position in the source's flat list (top-k cache rows)
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [B, T] right-padded
+    attention_mask: torch.Tensor  # [B, T]
+    target_mask: torch.Tensor  # [B, T-1]: position t is supervised (predicts completion token t+1)
+
+    @property
+    def num_targets(self) -> int:
+        return int(self.target_mask.sum())
+
+
+def collate(rollouts: Sequence[Rollout], pad_id: int, device: str | torch.device = "cpu") -> Batch:
+    seqs = [r.prompt_ids + r.completion_ids for r in rollouts]
+    t = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
+    att = torch.zeros((len(seqs), t), dtype=torch.long)
+    tgt = torch.zeros((len(seqs), max(t - 1, 0)), dtype=torch.bool)
+    for i, (r, s) in enumerate(zip(rollouts, seqs, strict=True)):
+        ids[i, : len(s)] = torch.tensor(s)
+        att[i, : len(s)] = 1
+        p = len(r.prompt_ids)
+        tgt[i, max(p - 1, 0) : len(s) - 1] = True
+    return Batch(ids.to(device), att.to(device), tgt.to(device))
+
+
+def _fingerprint(**parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _ids(tok, text: str) -> list[int]:
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+class DatasetSource:
+    """Completions from the data itself (texts ending in EOS, see `slimkit.tasks.training_text`)."""
+
+    on_policy = False
+
+    def __init__(self, tok, prompts: list[str], completions: list[str]):
+        self.rollouts = [[Rollout(_ids(tok, p), _ids(tok, c), i)]
+                         for i, (p, c) in enumerate(zip(prompts, completions, strict=True))]
+        self._number()
+
+    def get(self, indices: Sequence[int], **_) -> list[Rollout]:
+        return [r for i in indices for r in self.rollouts[i]]
+
+    def all(self) -> list[Rollout]:
+        """Every rollout, in key order."""
+        return [r for rs in self.rollouts for r in rs]
+
+    def _number(self) -> None:
+        for key, r in enumerate(self.all()):
+            r.key = key
+
+
+class TeacherSource(DatasetSource):
+    """Teacher samples, generated once for every prompt and cached as JSONL."""
+
+    def __init__(self, teacher, tok, prompts: list[str], cfg: RolloutConfig, cache: Path, *,
+                 teacher_hash: str, seed: int):
+        fp = _fingerprint(teacher=teacher_hash, prompts=hashlib.sha256("\x00".join(prompts).encode()).hexdigest(),
+                          samples=cfg.samples, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                          stop=cfg.stop, seed=seed)
+        self.fingerprint = fp
+        if cache.is_file():
+            self.rollouts = self._read(cache, fp, len(prompts))
+            self._number()
+            return
+        from slimkit.tasks.generate import generate
+
+        outs = generate(teacher, tok, prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                        num_samples=cfg.samples, stop=cfg.stop or None, batch_size=cfg.batch_size, seed=seed)
+        self.rollouts = [[Rollout(list(c.prompt_ids), list(c.token_ids), i) for c in cs]
+                         for i, cs in enumerate(outs)]
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}")
+        with open(tmp, "w") as f:
+            f.write(json.dumps({"fingerprint": fp, "prompts": len(prompts), "samples": cfg.samples}) + "\n")
+            for rs in self.rollouts:
+                for r in rs:
+                    f.write(json.dumps({"example": r.example, "prompt_ids": r.prompt_ids,
+                                        "completion_ids": r.completion_ids}) + "\n")
+        os.replace(tmp, cache)
+        self._number()
+
+    @staticmethod
+    def _read(path: Path, fp: str, n: int) -> list[list[Rollout]]:
+        with open(path) as f:
+            head = json.loads(f.readline() or "{}")
+            if head.get("fingerprint") != fp:
+                raise SlimkitError(f"teacher rollout cache {path} was made for another teacher, data or sampling "
+                                   f"setting (fingerprint {head.get('fingerprint')} != {fp}); delete it or set "
+                                   "rollout.cache to a new path")
+            out: list[list[Rollout]] = [[] for _ in range(n)]
+            for line in f:
+                d = json.loads(line)
+                out[d["example"]].append(Rollout(d["prompt_ids"], d["completion_ids"], d["example"]))
+        return out
+
+
+class StudentSource:
+    """On-policy: sample G completions per prompt from the current student (HF generate, KV cache)."""
+
+    on_policy = True
+
+    def __init__(self, tok, prompts: list[str], cfg: RolloutConfig):
+        self.tok, self.prompts, self.cfg = tok, prompts, cfg
+
+    @torch.no_grad()
+    def get(self, indices: Sequence[int], *, model, seed: int) -> list[Rollout]:
+        from slimkit.tasks.generate import generate
+
+        was_training = model.training
+        model.eval()
+        outs = generate(model, self.tok, [self.prompts[i] for i in indices], max_new_tokens=self.cfg.max_new_tokens,
+                        temperature=self.cfg.temperature, num_samples=self.cfg.samples, stop=self.cfg.stop or None,
+                        batch_size=self.cfg.batch_size, seed=seed)
+        model.train(was_training)
+        return [Rollout(list(c.prompt_ids), list(c.token_ids), i) for i, cs in zip(indices, outs, strict=True)
+                for c in cs]

@@ -1,0 +1,369 @@
+"""The distillation loop: plain PyTorch, one optimizer step per `train_step`.
+
+Each step: take the step's prompts (a deterministic function of seed and step, so a resumed run sees
+the same data), get rollouts (student samples, cached teacher samples or dataset completions), and for
+each micro-batch of sequences:
+
+1. teacher body -> hidden states at the supervised positions (no grad), or cached top-k rows;
+2. student body -> hidden states (with grad);
+3. token scores (student entropy H, teacher-student JSD D) without grad, chunked in the kernels;
+4. token selection (TIP) -> `rows`; the student's lm_head then runs with gradients on those rows only;
+5. summed loss over the kept tokens, backward.
+
+Gradients are then divided by the number of kept tokens of the whole optimizer step (summed over
+micro-batches and DDP ranks), so gradient accumulation and data parallelism give the same update as
+one big batch. Then clipping, AdamW, and the warmup + cosine schedule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import random
+import signal
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from slimkit import artifacts
+from slimkit.compress.distill import checkpoint
+from slimkit.compress.distill.config import DistillConfig
+from slimkit.compress.distill.losses import Body, Teacher, kl, last_hidden, lm_head, scores, targets
+from slimkit.compress.distill.metrics import LiveTable, MetricsLog, PeakMemory
+from slimkit.compress.distill.models import DTYPES, load_examples, load_pair
+from slimkit.compress.distill.rollouts import DatasetSource, StudentSource, TeacherSource, collate
+from slimkit.compress.distill.select import finish_quadrants, keep_mask, quadrant_sums, thresholds
+from slimkit.errors import SlimkitError
+from slimkit.recipe import dump
+
+
+def lr_factor(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warmup to 1, then cosine decay to `min_ratio` at `total` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@functools.lru_cache(maxsize=4)
+def _permutation(seed: int, epoch: int, n: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def step_indices(step: int, n: int, per_step: int, seed: int) -> list[int]:
+    """The example indices of a step: consecutive slices of a fresh permutation per epoch."""
+    out = []
+    for pos in range(step * per_step, (step + 1) * per_step):
+        epoch, k = divmod(pos, n)
+        out.append(_permutation(seed, epoch, n)[k])
+    return out
+
+
+@dataclass
+class DistEnv:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def ddp(self) -> bool:
+        return self.world > 1
+
+    def sum(self, values: list[float]) -> list[float]:
+        if not self.ddp:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+
+def _dist_env(device: str) -> DistEnv:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    return DistEnv(dist.get_rank() if world > 1 else 0, world, dev)
+
+
+class Distiller:
+    """Holds the models, data, optimizer and run directory of one distillation run."""
+
+    def __init__(self, cfg: DistillConfig, *, resume: bool = False):
+        self.cfg = cfg
+        self.env = _dist_env(cfg.train.device)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        if cfg.train.prompts_per_step % self.env.world:
+            raise SlimkitError(f"train.prompts_per_step={cfg.train.prompts_per_step} is not divisible by the "
+                               f"{self.env.world} data-parallel ranks")
+        self.out = Path(cfg.out).expanduser()
+        self.ckpt_dir = self.out / "checkpoints"
+        if resume and checkpoint.latest(self.ckpt_dir) is None:
+            raise SlimkitError(f"--resume: no checkpoint in {self.ckpt_dir}")
+
+        # Everything a user can get wrong is checked before the first step.
+        tdtype = cfg.train.teacher_dtype or cfg.train.dtype
+        self.teacher, self.student, self.tok, self.teacher_dir, self.student_dir = load_pair(
+            cfg.teacher, cfg.student, teacher_dtype=tdtype, device=self.env.device)
+        self.examples = load_examples(cfg.data)
+        self.task = None
+        if cfg.data.task:
+            from slimkit.tasks import get_task
+
+            self.task = get_task(cfg.data.task)
+        from slimkit.tasks import format_prompt
+
+        self.prompts = [format_prompt(self.tok, ex.prompt) for ex in self.examples]
+        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
+        self.source = self._make_source()
+        self.topk = self._make_topk()
+
+        torch.manual_seed(cfg.train.seed)
+        random.seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed)
+        self.student.train()
+        self.model: torch.nn.Module = Body(self.student)
+        if self.env.ddp:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.model = DDP(self.model, device_ids=[self.env.device] if self.env.device.type == "cuda" else None)
+        o = cfg.optim
+        self.params = [p for p in self.student.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, functools.partial(
+            lr_factor, warmup=o.warmup_steps, total=cfg.train.steps, min_ratio=o.min_lr_ratio))
+        self.step = 0
+        if resume:
+            self._load(checkpoint.latest(self.ckpt_dir))
+        elif self.env.rank == 0:
+            for old in checkpoint.list_checkpoints(self.ckpt_dir):
+                old.unlink()
+        self.log = MetricsLog(self.out / "metrics.jsonl", keep_until_step=self.step if resume else None,
+                              enabled=self.env.rank == 0)
+        self._stop_signal: str | None = None
+
+    # ---------------------------------------------------------------- setup helpers
+    def _make_source(self):
+        r = self.cfg.rollout
+        if r.source == "student":
+            if r.engine == "vllm":
+                raise SlimkitError("rollout.engine=vllm is not available in this build; use rollout.engine=hf")
+            return StudentSource(self.tok, self.prompts, r)
+        if r.source == "dataset":
+            from slimkit.tasks import training_text
+
+            answers = [training_text(self.tok, ex)[1] for ex in self.examples]
+            return DatasetSource(self.tok, self.prompts, answers)
+        cache = Path(r.cache).expanduser() if r.cache else self.out / "teacher_rollouts.jsonl"
+        make = functools.partial(TeacherSource, self.teacher, self.tok, self.prompts, r, cache,
+                                 teacher_hash=artifacts.dir_hash(self.teacher_dir), seed=self.cfg.train.seed)
+        if self.env.ddp:  # rank 0 generates and writes the cache, the others read it
+            if self.env.rank == 0:
+                src = make()
+            dist.barrier()
+            if self.env.rank != 0:
+                src = make()
+            return src
+        return make()
+
+    def _make_topk(self):
+        if self.cfg.loss.teacher != "topk":
+            return None
+        from slimkit.compress.distill.topk import TopKCache
+
+        lc = self.cfg.loss
+        path = Path(lc.topk_cache).expanduser() if lc.topk_cache else self.out / "teacher_topk"
+        make = functools.partial(TopKCache.build_or_load, path, self.teacher, self.source, k=lc.topk,
+                                 temperature=lc.temperature, pad_id=self.pad_id,
+                                 teacher_hash=artifacts.dir_hash(self.teacher_dir))
+        if self.env.ddp:
+            if self.env.rank == 0:
+                cache = make()
+            dist.barrier()
+            if self.env.rank != 0:
+                cache = make()
+            return cache
+        return make()
+
+    def _load(self, path: Path) -> None:
+        state = checkpoint.load(path)
+        self.student.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        checkpoint.set_rng_state(state["rng"])
+        self.step = state["step"]
+
+    def save_checkpoint(self) -> None:
+        if self.env.rank == 0:
+            checkpoint.save(self.ckpt_dir, self.step, model=self.student, optimizer=self.opt,
+                            scheduler=self.sched, recipe=dump(self.cfg), keep=self.cfg.train.keep_checkpoints,
+                            extra={"data_position": self.step * self.cfg.train.prompts_per_step})
+        if self.env.ddp:
+            dist.barrier()
+
+    # ---------------------------------------------------------------- one optimizer step
+    def _seed(self, *parts: int) -> int:
+        return (self.cfg.train.seed * 1_000_003 + hash(parts)) % (2**31)
+
+    def _teacher_rows(self, batch, part) -> Teacher:
+        if self.topk is not None:
+            ids, lps = self.topk.rows(part, self.env.device)
+            return Teacher(ids=ids, logprobs=lps)
+        with torch.no_grad():
+            th = targets(last_hidden(self.teacher, batch), batch)
+        return Teacher(hidden=th, weight=lm_head(self.teacher)[0])
+
+    def _micro_step(self, part, micro: int, sums: dict[str, float]) -> None:
+        cfg = self.cfg
+        batch = collate(part, self.pad_id, self.env.device)
+        teacher = self._teacher_rows(batch, part)
+        w = lm_head(self.student)[0]
+        autocast = (torch.autocast(self.env.device.type, dtype=torch.bfloat16)
+                    if cfg.train.dtype == "bfloat16" else contextlib.nullcontext())
+        with autocast:
+            hidden = self.model(batch.input_ids, batch.attention_mask)
+        h = targets(hidden, batch).to(w.dtype)
+        sel = cfg.select
+        keep = torch.ones(h.shape[0], dtype=torch.bool, device=h.device)
+        if h.shape[0] and (sel.method != "all" or sel.log_quadrants):
+            sc = scores(h, w, teacher, temperature=cfg.loss.temperature, vocab_size=len(self.tok))
+            gen = torch.Generator().manual_seed(self._seed(self.step, self.env.rank, micro))
+            keep = keep_mask(sel, sc, gen)
+            th = thresholds(sel, sc) if sel.method == "quadrant" else (None, None)
+            for k, v in quadrant_sums(sc, keep, *th).items():
+                sums[k] += v
+        else:
+            sums["tokens"] += h.shape[0]
+            sums["kept"] += h.shape[0]
+        rows = None if bool(keep.all()) else keep.nonzero().squeeze(1)
+        if rows is not None and rows.numel() == 0 or h.shape[0] == 0:
+            loss = (h.sum() + w.sum()) * 0.0  # nothing kept: an empty backward keeps DDP ranks in step
+        else:
+            loss, _, _ = kl(h, w, teacher, kind=cfg.loss.kind, beta=cfg.loss.beta,
+                            temperature=cfg.loss.temperature, rows=rows, reduction="sum")
+        loss.backward()
+        sums["loss_sum"] += float(loss.detach())
+        sums["sequences"] += len(part)
+        sums["completion_tokens"] += sum(len(r.completion_ids) for r in part)
+
+    def train_step(self) -> dict[str, Any]:
+        cfg, env = self.cfg, self.env
+        t0 = time.perf_counter()
+        idx = step_indices(self.step, len(self.examples), cfg.train.prompts_per_step, cfg.train.seed)
+        idx = idx[env.rank :: env.world]
+        rollouts = self.source.get(idx, model=self.student, seed=self._seed(self.step, env.rank, -1))
+        t1 = time.perf_counter()
+        self.opt.zero_grad(set_to_none=True)
+        sums: dict[str, float] = defaultdict(float)
+        with PeakMemory(env.device) as mem:
+            micro = [rollouts[i : i + cfg.train.micro_batch] for i in range(0, len(rollouts), cfg.train.micro_batch)]
+            for j, part in enumerate(micro):
+                last = j == len(micro) - 1
+                no_sync = self.model.no_sync() if env.ddp and not last else contextlib.nullcontext()
+                with no_sync:
+                    self._micro_step(part, j, sums)
+            keys = sorted(sums)
+            totals = dict(zip(keys, env.sum([sums[k] for k in keys]), strict=True))
+            # DDP averages gradients over ranks: scale so the result is sum(grad) / kept tokens of the step.
+            scale = env.world / max(totals["kept"], 1.0)
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad.mul_(scale)
+            clip = cfg.optim.grad_clip or float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+            lr = self.sched.get_last_lr()[0]
+            self.opt.step()
+            self.sched.step()
+        self.step += 1
+        record = {"step": self.step, "loss": totals["loss_sum"] / max(totals["kept"], 1.0), "lr": lr,
+                  "grad_norm": grad_norm, "tokens": int(totals["tokens"]), "kept": int(totals["kept"]),
+                  "completion_len": totals["completion_tokens"] / max(totals["sequences"], 1.0),
+                  "peak_mem_mb": mem.peak_bytes / 2**20, "mem_method": mem.method,
+                  "rollout_s": t1 - t0, "step_s": time.perf_counter() - t0}
+        record.update(finish_quadrants(totals))
+        return record
+
+    # ---------------------------------------------------------------- eval
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        if self.task is None:
+            return {}
+        from slimkit.tasks import format_prompt
+        from slimkit.tasks.generate import generate
+
+        e = self.cfg.eval
+        exs = self.task.split(e.split, e.n)[self.env.rank :: self.env.world]
+        self.student.eval()
+        outs = generate(self.student, self.tok, [format_prompt(self.tok, x.prompt) for x in exs],
+                        max_new_tokens=e.max_new_tokens or self.cfg.rollout.max_new_tokens, temperature=0.0,
+                        batch_size=self.cfg.rollout.batch_size)
+        self.student.train()
+        correct = sum(bool(self.task.verify(x, o[0].text)) for x, o in zip(exs, outs, strict=True))
+        correct, total = self.env.sum([float(correct), float(len(exs))])
+        return {"eval_acc": correct / max(total, 1.0), "eval_n": int(total)}
+
+    # ---------------------------------------------------------------- the run
+    def _on_signal(self, signum, _frame) -> None:
+        self._stop_signal = signal.Signals(signum).name
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+        history: dict[str, Any] = {}
+        start_eval = {}
+        if self.step == 0 and cfg.eval.at_start:
+            start_eval = self.evaluate()
+            if start_eval:
+                self.log.write({"step": 0, **start_eval})
+        with LiveTable(enabled=cfg.train.live_table and self.env.rank == 0) as table:
+            while self.step < cfg.train.steps:
+                record = self.train_step()
+                if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.train.steps:
+                    record.update(self.evaluate())
+                if self.step % cfg.train.log_every == 0 or "eval_acc" in record:
+                    self.log.write(record)
+                    table.add(record)
+                history = record
+                stop = self.env.sum([1.0 if self._stop_signal else 0.0])[0] > 0
+                if stop or (cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0):
+                    self.save_checkpoint()
+                if stop:
+                    return {"stopped": True, "step": self.step, "checkpoint": str(checkpoint.latest(self.ckpt_dir))}
+        final_eval = self.evaluate()
+        if final_eval:
+            self.log.write({"step": self.step, **final_eval})
+        metrics = {"steps": self.step, "final_loss": history.get("loss"), **final_eval}
+        if start_eval:
+            metrics["start_eval_acc"] = start_eval["eval_acc"]
+        self.save_checkpoint()
+        out = self.out / "student"
+        if self.env.rank == 0:
+            artifacts.save(self.student, self.tok, out, stage="distill", parent=self.student_dir,
+                           recipe=dump(cfg), metrics=metrics, teacher=str(self.teacher_dir))
+        if self.env.ddp:
+            dist.barrier()
+        return {"stopped": False, "step": self.step, "student": str(out), "metrics": metrics}
+
+
+def train(cfg: DistillConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Run (or resume) a distillation run; returns a summary (final metrics, output dir)."""
+    return Distiller(cfg, resume=resume).run()
+
+
+__all__ = ["DTYPES", "Distiller", "lr_factor", "step_indices", "train"]
