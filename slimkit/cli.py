@@ -21,6 +21,197 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
+@app.command("eval")
+def eval_cmd(
+    model: str = typer.Argument(..., help="Model directory (config.json + safetensors + tokenizer)."),
+    task: str = typer.Option(..., "--task", "-t", help="arith | jobs"),
+    split: str = typer.Option("test", help="train | validation | test"),
+    n: int | None = typer.Option(None, "--n", help="Evaluate the first N examples of the split."),
+    k: int = typer.Option(1, "--k", help="arith: also sample K answers per problem and report pass@K."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature for pass@K."),
+    batch_size: int = typer.Option(64, help="Rows per generation batch."),
+    data: str | None = typer.Option(None, help="JSONL file of your own examples (prompt, answer, meta)."),
+    out: str | None = typer.Option(None, "--out", "-o", help="Write the metrics as JSON here."),
+) -> None:
+    """Evaluate a model on a task: arith accuracy per level, pass@k and answer length; jobs AUC and accuracy.
+
+    Examples:
+
+        slimkit eval ~/.cache/slimkit/toy-v1/teacher --task arith --n 200
+
+        slimkit eval runs/student --task arith --k 4 --out results.json
+
+        slimkit eval runs/student --task jobs --data my_jobs.jsonl
+    """
+    from slimkit.tasks.eval import eval_model_dir
+
+    eval_model_dir(model, task, split=split, n=n, k=k, temperature=temperature, batch_size=batch_size,
+                   data=data, out=out, console=Console())
+
+
+toy_app = typer.Typer(help="The embedded toy world: a tokenizer, a teacher and a student trained on CPU.",
+                      no_args_is_help=True)
+app.add_typer(toy_app, name="toy")
+
+
+@toy_app.command("build")
+def toy_build_cmd(
+    out: str | None = typer.Option(None, "--out", help="Directory (default ~/.cache/slimkit/toy-v1, or $SLIMKIT_HOME/toy-v1)."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if the toy world is already there."),
+) -> None:
+    """Train the toy world (tokenizer, teacher, student) with fixed seeds; skipped if already built.
+
+    Examples:
+
+        slimkit toy build
+
+        slimkit toy build --out /tmp/toy --force
+
+        SLIMKIT_TOY_STEPS_SCALE=0.05 slimkit toy build --out /tmp/quick   # a tiny smoke build
+    """
+    from slimkit import toy
+    from slimkit.toy_build import build
+
+    root = toy.default_dir() if out is None else out
+    if toy.is_built(root) and not force:
+        Console().print(f"toy world already built at {root} (use --force to rebuild)")
+        return
+    build(root)
+
+
+@toy_app.command("report")
+def toy_report_cmd(
+    out: str | None = typer.Option(None, "--out", help="Toy world directory (default: the cached one)."),
+) -> None:
+    """Print the teacher's and the student's eval tables (computed and cached if missing).
+
+    Examples:
+
+        slimkit toy report
+
+        slimkit toy report --out /tmp/toy
+    """
+    from slimkit import toy
+    from slimkit.toy_build import report
+
+    report(toy.default_dir() if out is None else out, console=Console())
+
+
+@app.command("distill")
+def distill_cmd(
+    recipe: str = typer.Argument(..., help="distillation recipe (YAML), e.g. recipes/opd_toy.yaml"),
+    set_: list[str] = typer.Option(None, "--set", help="override a recipe key: --set select.ratio=0.5"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the run's latest checkpoint"),
+) -> None:
+    """Distill a teacher into a student (on-policy / off-policy KD, token selection).
+
+    Examples:
+
+        slimkit distill recipes/opd_toy.yaml
+
+        slimkit distill recipes/opd_toy.yaml --set select.method=entropy_top --set select.ratio=0.5
+
+        slimkit distill recipes/opd_toy.yaml --resume        # after a kill or SIGTERM
+
+        torchrun --nproc-per-node 2 -m slimkit.cli distill recipes/opd_toy.yaml --set train.device=cpu
+    """
+    from slimkit.compress.distill import load_recipe, train
+
+    cfg = load_recipe(recipe, set_ or [])
+    result = train(cfg, resume=resume)
+    if result["stopped"]:
+        console.print(f"stopped at step {result['step']}; checkpoint {result['checkpoint']} "
+                      "(continue with --resume)")
+        sys.exit(143)
+    console.print(f"student saved to {result['student']}: {result['metrics']}")
+
+
+@app.command("serve")
+def serve_cmd(
+    model_dir: str = typer.Argument(..., help="model directory (HF format; an ONNX export for onnxruntime)"),
+    engine: str = typer.Option("torch", help="torch | vllm (run inside .venv-vllm) | onnxruntime"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    port: int = typer.Option(50051, help="port; 0 picks a free one (see --port-file)"),
+    port_file: str = typer.Option(None, help="write the bound port to this file once serving"),
+    dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16"),
+    device: str = typer.Option("cpu", help="torch engine: cpu | cuda"),
+    max_batch: int = typer.Option(64, help="items per engine batch"),
+    workers: int = typer.Option(8, help="gRPC handler threads"),
+    template: str = typer.Option(None, help="user-prompt template with {query} and {item} (default: jobs)"),
+    template_item_first: str = typer.Option(None, help="template for item_first requests"),
+    no_chat: bool = typer.Option(False, "--no-chat", help="do not wrap the template in the chat template"),
+) -> None:
+    """Serve a model over gRPC (slimkit.v1.Scorer: Score, LogProbs, ModelInfo; health; reflection).
+
+    Examples:
+
+        slimkit serve ~/.cache/slimkit/toy/teacher --port 50051
+
+        slimkit serve out/student --dtype bfloat16 --device cuda
+
+        .venv-vllm/bin/python -m slimkit.serve out/student --engine vllm --port 50052
+    """
+    from slimkit.serve.prompt import PromptTemplate
+    from slimkit.serve.server import serve
+
+    tpl = PromptTemplate(chat=not no_chat)
+    if template:
+        tpl = PromptTemplate(template, template_item_first, chat=not no_chat)
+    opts: dict = {"dtype": dtype, "max_batch": max_batch}
+    if engine == "torch":
+        opts["device"] = device
+    serve(model_dir, engine=engine, host=host, port=port, template=tpl, workers=workers,
+          port_file=port_file, **opts)
+
+
+@app.command("score")
+def score_cmd(
+    server: str = typer.Option("127.0.0.1:50051", help="scorer address host:port"),
+    query: str = typer.Option(..., help="the query every item is scored against"),
+    items: str = typer.Option(..., help="file with one item per line ('-' for stdin; .jsonl: {\"item\": ...})"),
+    labels: str = typer.Option(None, help="comma-separated single-token labels (default: yes,no)"),
+    normalization: str = typer.Option("labels", help="labels | vocab | logit_diff"),
+    item_first: bool = typer.Option(False, "--item-first", help="put the item before the query"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    timeout: float = typer.Option(60.0, help="deadline in seconds"),
+) -> None:
+    """Score items against a query on a running scorer; print a table (or JSON).
+
+    Examples:
+
+        slimkit score --query "python developer in berlin" --items postings.txt
+
+        slimkit score --server 127.0.0.1:50052 --query "nurse" --items postings.jsonl --json
+
+        slimkit score --query "nurse" --items - --normalization logit_diff < postings.txt
+    """
+    import json
+
+    from rich.table import Table
+
+    from slimkit.serve.client import ScorerClient, read_items
+
+    texts = read_items(items)
+    with ScorerClient(server, timeout=timeout) as client:
+        res = client.score(query, texts, labels=labels.split(",") if labels else None,
+                           normalization=normalization, item_first=item_first)
+    if as_json:
+        print(json.dumps({"query": query, "normalization": normalization, "label_token_ids": res.label_token_ids,
+                          "items": [{"item": t, "score": s, "label_logprobs": lp} for t, s, lp in
+                                    zip(texts, res.scores, res.label_logprobs, strict=True)]}, indent=2))
+        return
+    table = Table(title=f"{query!r} ({normalization}; {res.engine_seconds * 1000:.0f} ms in the engine)")
+    table.add_column("#", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("label log-probs", justify="right")
+    table.add_column("item")
+    for i in sorted(range(len(texts)), key=lambda i: -res.scores[i]):
+        short = texts[i] if len(texts[i]) <= 70 else texts[i][:67] + "..."
+        table.add_row(str(i), f"{res.scores[i]:.4f}", " ".join(f"{x:.3f}" for x in res.label_logprobs[i]),
+                      short)
+    Console().print(table)
+
+
 def main() -> None:
     try:
         app()

@@ -70,7 +70,7 @@ class Engine(abc.ABC):
     def logprobs(self, jobs: list[LogProbsJob]) -> list[LogProbsResult]:
         """For each job, the log-probability of every continuation token (and top-k alternatives)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook)
         """Release the model (processes, memory)."""
 
 

@@ -21,7 +21,7 @@ from slimkit.tasks import format_prompt
 from slimkit.tasks.jobs import TEMPLATE as JOBS_TEMPLATE
 
 # The jobs template with the posting first (used for `item_first` requests).
-JOBS_TEMPLATE_ITEM_FIRST = "Posting:\n{item}\nQuery: {query}\nIs the posting relevant to the query? Answer yes or no."
+JOBS_TEMPLATE_ITEM_FIRST = "Posting:\n{item}\nQuery:\n{query}\nIs the posting relevant to the query? Answer yes or no."
 DEFAULT_LABELS = ("yes", "no")
 
 _Q, _I = "\x00slimkit-query\x00", "\x00slimkit-item\x00"

@@ -1,0 +1,144 @@
+"""The torch engine equals a direct transformers computation on the same token ids, for every
+normalization, batch size and item order, with and without shared-prefix reuse."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from serve_data import ITEMS, QUERY, many_items
+from transformers import AutoModelForCausalLM
+
+from slimkit.serve.engine import item_scores
+from slimkit.serve.prompt import PromptTemplate, RequestError, make_job
+
+NORMS = ["labels", "vocab", "logit_diff"]
+
+
+@pytest.fixture(scope="module")
+def hf_model(tiny_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+
+
+def direct(model, job) -> np.ndarray:
+    """Each concatenation shared_ids + item_ids alone, full forward, logits of the last position."""
+    rows = []
+    for item in job.item_ids:
+        with torch.no_grad():
+            logits = model(torch.tensor([job.shared_ids + item])).logits[0, -1].double()
+        labels = logits[job.label_ids]
+        lp = torch.log_softmax(labels, -1) if job.normalization == "labels" else \
+            labels - torch.logsumexp(logits, -1)
+        rows.append(lp.numpy())
+    return np.array(rows)
+
+
+@pytest.fixture(scope="module")
+def jobs(torch_engine):
+    items = many_items(64)
+    return {norm: make_job(torch_engine.tokenizer, PromptTemplate(), QUERY, items, normalization=norm,
+                           vocab_size=torch_engine.vocab_size) for norm in NORMS}
+
+
+@pytest.fixture(scope="module")
+def references(hf_model, jobs):
+    return {norm: direct(hf_model, job) for norm, job in jobs.items()}
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("share_prefix", [True, False])
+@pytest.mark.parametrize("max_batch", [1, 7, 64])
+def test_equals_direct_transformers(torch_engine, jobs, references, norm, share_prefix, max_batch):
+    torch_engine.share_prefix, torch_engine.max_batch = share_prefix, max_batch
+    try:
+        (got,) = torch_engine.score([jobs[norm]])
+    finally:
+        torch_engine.share_prefix, torch_engine.max_batch = True, 64
+    assert got.shape == (64, 2)
+    np.testing.assert_allclose(got, references[norm], atol=1e-4, rtol=0)
+    if norm == "labels":
+        np.testing.assert_allclose(np.exp(got).sum(1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_score_does_not_depend_on_batch_makeup(torch_engine, jobs, references, norm):
+    """Any subset in any order, any request size 1..64: each item's score is its own."""
+    job, ref = jobs[norm], references[norm]
+    rng = random.Random(0)
+    for size in [1, 2, 3, 5, 16, 33, 64]:
+        idx = rng.sample(range(64), size)
+        sub = type(job)(job.shared_ids, [job.item_ids[i] for i in idx], job.label_ids, norm)
+        (got,) = torch_engine.score([sub])
+        np.testing.assert_allclose(got, ref[idx], atol=1e-4, rtol=0)
+
+
+def test_several_jobs_in_one_call(torch_engine, jobs, references):
+    got = torch_engine.score([jobs["labels"], jobs["vocab"]])
+    np.testing.assert_allclose(got[0], references["labels"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got[1], references["vocab"], atol=1e-4, rtol=0)
+
+
+def test_item_first_shares_only_the_template_prefix(torch_engine, hf_model):
+    tok = torch_engine.tokenizer
+    job = make_job(tok, PromptTemplate(), QUERY, ITEMS, normalization="vocab", item_first=True,
+                   vocab_size=torch_engine.vocab_size)
+    text = tok.decode(job.shared_ids + job.item_ids[0])
+    assert text.index(ITEMS[0]) < text.index(QUERY)
+    assert QUERY not in tok.decode(job.shared_ids)
+    (got,) = torch_engine.score([job])
+    np.testing.assert_allclose(got, direct(hf_model, job), atol=1e-4, rtol=0)
+
+
+def test_contract_concatenation_is_the_full_prompt(torch_engine):
+    """shared + item text is exactly the chat-templated jobs prompt; ids are the two parts' ids."""
+    from slimkit.tasks import format_prompt
+    from slimkit.tasks.jobs import TEMPLATE
+
+    tok = torch_engine.tokenizer
+    shared, item = PromptTemplate().split(tok, QUERY, ITEMS[0])
+    assert shared + item == format_prompt(tok, TEMPLATE.format(query=QUERY, item=ITEMS[0]))
+    job = make_job(tok, PromptTemplate(), QUERY, ITEMS[:1], vocab_size=torch_engine.vocab_size)
+    assert job.shared_ids == tok.encode(shared, add_special_tokens=False)
+    assert job.item_ids[0] == tok.encode(item, add_special_tokens=False)
+
+
+def test_scores_from_label_logprobs():
+    lp = np.log(np.array([[0.25, 0.75], [0.5, 0.5]]))
+    np.testing.assert_allclose(item_scores(lp, "labels"), [0.25, 0.5])
+    np.testing.assert_allclose(item_scores(lp, "logit_diff"), [np.log(1 / 3), 0.0])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(items=[]), "items is empty"),
+    (dict(items=["a", ""]), "item 1 is empty"),
+    (dict(labels=["yes", "definitely not a single token"]), "not a single token"),
+    (dict(label_ids=[1, 10**9]), "outside the vocabulary"),
+    (dict(labels=["yes"], label_ids=[1]), "not both"),
+    (dict(labels=["yes", "yes"]), "distinct"),
+    (dict(normalization="softmax"), "unknown normalization"),
+    (dict(normalization="logit_diff", labels=["yes", "no", "x"]), "exactly two labels"),
+])
+def test_bad_requests_raise_request_error(torch_engine, kwargs, message):
+    args = dict(items=ITEMS, labels=None, label_ids=None, normalization="labels") | kwargs
+    with pytest.raises(RequestError, match=message):
+        make_job(torch_engine.tokenizer, PromptTemplate(), QUERY, args["items"], labels=args["labels"],
+                 label_ids=args["label_ids"], normalization=args["normalization"],
+                 vocab_size=torch_engine.vocab_size)
+
+
+def test_logprobs_equal_direct(torch_engine, hf_model):
+    from slimkit.serve.engine import LogProbsJob
+
+    tok = torch_engine.tokenizer
+    p, c = tok.encode("Query:\npython developer"), tok.encode(" in berlin yes")
+    (res,) = torch_engine.logprobs([LogProbsJob(p, c, top_k=5)])
+    with torch.no_grad():
+        lp = torch.log_softmax(hf_model(torch.tensor([p + c])).logits[0].double(), -1)
+    want = [lp[len(p) - 1 + i, t].item() for i, t in enumerate(c)]
+    np.testing.assert_allclose(res.logprobs, want, atol=1e-4)
+    for i, top in enumerate(res.top):
+        vals, idx = lp[len(p) - 1 + i].topk(5)
+        assert [t for t, _ in top] == idx.tolist()
+        np.testing.assert_allclose([v for _, v in top], vals.numpy(), atol=1e-4)
