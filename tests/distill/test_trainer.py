@@ -1,0 +1,161 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import overrides
+
+from slimkit.compress.distill import load_recipe
+from slimkit.compress.distill.metrics import PeakMemory
+from slimkit.compress.distill.trainer import Distiller, lr_factor, step_indices
+from slimkit.errors import SlimkitError
+from slimkit.recipe import RecipeError
+
+
+def _weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_gradient_accumulation_equals_one_big_batch(pair, tmp_path):
+    runs = {}
+    for mb in (4, 1):
+        cfg = load_recipe(None, overrides(pair, tmp_path / f"mb{mb}", f"train.micro_batch={mb}",
+                                          "train.steps=2", "optim.grad_clip=null"))
+        d = Distiller(cfg)
+        recs = [d.train_step()]
+        grads = {n: p.grad.clone() for n, p in d.student.named_parameters() if p.grad is not None}
+        recs.append(d.train_step())
+        runs[mb] = (recs, grads, _weights(d.student), d)
+    (big, gb, wb, d), (small, gs, ws, _) = runs[4], runs[1]
+    for a, b in zip(big, small, strict=True):
+        assert a["tokens"] == b["tokens"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    assert gb.keys() == gs.keys()
+    for k in gb:  # the update of step 1: same gradient (normalized by the step's token count)
+        torch.testing.assert_close(gb[k], gs[k], rtol=1e-4, atol=1e-7)
+    for k in wb:  # after two AdamW steps (Adam amplifies rounding where gradients are ~0)
+        torch.testing.assert_close(wb[k], ws[k], rtol=1e-3, atol=5e-5)
+    # the check can fail: sequences differ in length, so a mean of per-micro-batch means would differ
+    lens = {len(r.completion_ids) for r in d.source.get(step_indices(0, 32, 4, 0))}
+    assert len(lens) > 1
+
+
+def test_selection_shrinks_the_trained_tokens_and_logs_quadrants(pair, tmp_path):
+    cfg = load_recipe(None, overrides(pair, tmp_path / "r", "select.method=entropy_top", "select.ratio=0.25"))
+    rec = Distiller(cfg).train_step()
+    assert rec["kept"] == pytest.approx(0.25 * rec["tokens"], abs=2)
+    assert rec["keep_frac"] == pytest.approx(rec["kept"] / rec["tokens"])
+    for q in range(1, 5):
+        assert f"q{q}_frac" in rec and f"q{q}_kl" in rec
+    assert rec["q3_kept"] == 0 and rec["q4_kept"] == 0
+    assert rec["peak_mem_mb"] >= 0 and rec["mem_method"] in ("proc_hwm", "sampling")
+
+
+def test_full_run_saves_student_with_manifest(pair, tmp_path):
+    from slimkit import artifacts
+    from slimkit.compress.distill import train
+
+    cfg = load_recipe(None, overrides(pair, tmp_path / "run", "select.method=quadrant",
+                                      "select.quadrants=[Q3]", "loss.kind=jsd"))
+    res = train(cfg)
+    man = artifacts.read_manifest(res["student"])
+    assert man["stage"] == "distill" and man["recipe"]["select"]["quadrants"] == ["Q3"]
+    assert "eval_acc" in man["metrics"] and man["metrics"]["steps"] == 3
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3]
+    model, _ = artifacts.load(res["student"])
+    assert model.config.hidden_size == 32
+
+
+def test_topk_teacher_cache_is_reused_and_stale_one_refused(pair, tmp_path):
+    cache = tmp_path / "topk"
+    args = overrides(pair, tmp_path / "run", "loss.teacher=topk", "loss.topk=8", f"loss.topk_cache={cache}",
+                     "loss.kind=forward")
+    d = Distiller(load_recipe(None, args))
+    meta = json.loads((cache / "meta.json").read_text())
+    assert meta["k"] == 8 and meta["rows"] > 0
+    rec = d.train_step()
+    assert rec["loss"] > 0
+    mtime = (cache / "ids.npy").stat().st_mtime
+    Distiller(load_recipe(None, args))  # same teacher + data: reused, not rebuilt
+    assert (cache / "ids.npy").stat().st_mtime == mtime
+    with pytest.raises(SlimkitError, match="another teacher"):
+        Distiller(load_recipe(None, [*args, "loss.topk=4"]))
+
+
+def test_topk_loss_close_to_live_teacher_with_large_k(pair, tmp_path):
+    from slimkit.compress.distill.losses import Teacher, kl, last_hidden, lm_head, targets
+    from slimkit.compress.distill.rollouts import collate
+    from slimkit.compress.distill.topk import topk_rows
+
+    d = Distiller(load_recipe(None, overrides(pair, tmp_path / "run")))
+    batch = collate(d.source.get([0, 1, 2]), d.pad_id)
+    with torch.no_grad():
+        th = targets(last_hidden(d.teacher, batch), batch)
+        sh = targets(last_hidden(d.student, batch), batch)
+    wt, ws = lm_head(d.teacher)[0], lm_head(d.student)[0]
+    live = kl(sh, ws, Teacher(hidden=th, weight=wt), kind="forward", beta=0.5, temperature=1.0)[0]
+    ids, lps = topk_rows(th, wt, wt.shape[0] - 1, 1.0)
+    sparse = kl(sh, ws, Teacher(ids=ids, logprobs=lps), kind="forward", beta=0.5, temperature=1.0)[0]
+    assert float(sparse.detach()) == pytest.approx(float(live.detach()), rel=1e-3)
+
+
+def test_unknown_key_is_one_clear_error():
+    with pytest.raises(RecipeError, match="unknown key 'loss.kindd'"):
+        load_recipe(None, ["teacher=a", "student=b", "loss.kindd=forward"])
+
+
+def test_missing_model_path_fails_before_training(pair, tmp_path):
+    out = tmp_path / "run"
+    cfg = load_recipe(None, overrides(pair, out, f"teacher={tmp_path / 'nope'}"))
+    with pytest.raises(SlimkitError, match="teacher: model directory .*nope does not exist"):
+        Distiller(cfg)
+    assert not (out / "metrics.jsonl").exists()
+
+
+def test_vocab_mismatch_beyond_padding_is_refused_padding_is_fine(pair, tmp_path):
+    from slimkit import artifacts
+    from slimkit.toy import make_tiny_model_dir, new_model, toy_tokenizer
+
+    padded = make_tiny_model_dir(tmp_path / "padded", hidden=32, layers=1, heads=1,
+                                 vocab=len(toy_tokenizer()) + 24)
+    d = Distiller(load_recipe(None, overrides(pair, tmp_path / "ok", f"student={padded}")))
+    assert d.train_step()["loss"] > 0
+    tok = toy_tokenizer()
+    tok.add_tokens(["<extra_a>", "<extra_b>"])
+    other = artifacts.save(new_model(tok, hidden=32, layers=1, heads=1, kv_heads=1, head_dim=32,
+                                     intermediate=64), tok, tmp_path / "other", stage="test")
+    with pytest.raises(SlimkitError, match="vocabularies differ beyond padding"):
+        Distiller(load_recipe(None, overrides(pair, tmp_path / "bad", f"student={other}")))
+
+
+def test_cli_reports_recipe_errors_in_one_line(tmp_path):
+    bad = tmp_path / "r.yaml"
+    bad.write_text("teacher: a\nstudent: b\nselect:\n  methd: all\n")
+    p = subprocess.run([sys.executable, "-m", "slimkit.cli", "distill", str(bad)], capture_output=True, text=True)
+    assert p.returncode == 2
+    err = " ".join(p.stderr.split())  # rich wraps long lines at the terminal width
+    assert err.startswith("error: invalid recipe") and "unknown key 'select.methd'" in err
+    assert "Traceback" not in p.stderr
+
+
+def test_lr_schedule_and_data_order():
+    f = [lr_factor(s, warmup=4, total=20, min_ratio=0.1) for s in range(21)]
+    assert f[0] == 0.25 and f[3] == 1.0 and f[4] == 1.0
+    assert f[20] == pytest.approx(0.1) and all(a >= b for a, b in zip(f[4:], f[5:], strict=False))
+    epoch = [i for s in range(5) for i in step_indices(s, 10, 2, seed=3)]
+    assert sorted(epoch) == list(range(10)) and epoch != list(range(10))
+
+
+def test_peak_memory_sees_a_transient_allocation():
+    with PeakMemory("cpu") as m:
+        x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        del x
+    assert 60 * 2**20 <= m.peak_bytes <= 80 * 2**20
+    with PeakMemory("cpu", method="sampling") as m2:
+        x = torch.ones(64 * 2**20 // 4)
+        import time
+
+        time.sleep(0.05)
+        del x
+    assert 60 * 2**20 <= m2.peak_bytes <= 80 * 2**20
