@@ -5,7 +5,8 @@ same shape [rows, C], where C is either the vocabulary (dense teacher) or K+1 bu
 teacher: K ids and one tail bucket). Results are per row.
 
 `kind_loss_and_grad(s, lq, kind, beta)` returns the per-row loss and g = d loss / d s, taking `s` as
-free variables; the gradient wrt the logits z then follows from the softmax Jacobian:
+free variables, up to a multiple of p = exp(s) per row (the softmax Jacobian maps c * p to 0, for
+dense rows and buckets alike); the gradient wrt the logits z then follows from the softmax Jacobian:
 dense: dz = g - p * sum(g); buckets: see `bucket_logit_grad`.
 """
 
@@ -37,7 +38,9 @@ def kind_loss_and_grad(s: Tensor, lq: Tensor, kind: str, beta: float) -> tuple[T
     if kind == "reverse":
         d = s - lq
         loss = _mul_where(p, d).sum(-1)
-        return loss, _mul_where(p, d + 1.0)
+        # d/ds is p (d + 1); the p * 1 part is dropped (see module docstring): it cancels in the
+        # softmax Jacobian, and keeping it costs precision (1 + small - (1 + small')).
+        return loss, _mul_where(p, d)
     if kind == "jsd":
         lm = torch.logaddexp(lq + math.log(beta), s + math.log1p(-beta))
         q = lq.exp()
@@ -55,12 +58,14 @@ def dense_logit_grad(p: Tensor, g: Tensor) -> Tensor:
 def sparse_buckets(z: Tensor, lse: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
     """Student bucket log-probs [rows, K+1] (K ids, then the tail) from full logits z [rows, V].
 
-    Also returns the tail's logsumexp (for the backward). The tail is everything outside `ids`, computed
-    exactly as a masked logsumexp (no 1 - sum cancellation)."""
-    zk = z.gather(1, ids)
-    tail_lse = z.scatter(1, ids, float("-inf")).logsumexp(-1)
-    buckets = torch.cat([zk, tail_lse[:, None]], dim=1) - lse[:, None]
-    return buckets, tail_lse
+    Also returns the tail's log-prob. It is log1p(-sum of the K probs) where that sum is below 1/2 (the
+    usual case; exact to fp32 rounding), else the masked logsumexp over the other ids minus lse (no
+    1 - sum cancellation when the tail is small)."""
+    sk = z.gather(1, ids) - lse[:, None]
+    top = sk.exp().sum(-1)
+    masked = z.scatter(1, ids, float("-inf")).logsumexp(-1) - lse
+    tail = torch.where(top < 0.5, torch.log1p(-top.clamp_max(0.5)), masked)
+    return torch.cat([sk, tail[:, None]], dim=1), tail
 
 
 def teacher_buckets(logprobs: Tensor) -> Tensor:
@@ -72,14 +77,15 @@ def teacher_buckets(logprobs: Tensor) -> Tensor:
     return torch.cat([logprobs, tail[:, None]], dim=1)
 
 
-def bucket_logit_grad(z: Tensor, lse: Tensor, tail_lse: Tensor, ids: Tensor, g: Tensor) -> Tensor:
-    """d loss / d z [rows, V] given g = d loss / d buckets [rows, K+1] (buckets taken as free).
+def bucket_logit_grad(z: Tensor, lse: Tensor, tail: Tensor, ids: Tensor, g: Tensor) -> Tensor:
+    """d loss / d z [rows, V] given g = d loss / d buckets [rows, K+1] (buckets taken as free) and the
+    student's tail log-prob.
 
     For j in ids: g_j - p_j * sum(g); elsewhere: p_j / p_tail * g_tail - p_j * sum(g)."""
     gsum = g.sum(-1, keepdim=True)
     p = (z - lse[:, None]).exp_()
-    dz = (z - tail_lse[:, None]).exp_().mul_(g[:, -1:]).sub_(p * gsum)
     pk = p.gather(1, ids)
+    dz = p.mul_(g[:, -1:] / tail.exp()[:, None] - gsum)
     return dz.scatter_(1, ids, g[:, :-1] - pk * gsum)
 
 

@@ -137,13 +137,13 @@ def _kl_chunk(h, w, b, t: Teacher, kind, beta, temperature, sl, row_grad, grads)
     tc = t.rows(sl.start, sl.stop)
     lq = _teacher_logprobs(tc, temperature, z.dtype)
     if t.kind == "sparse":
-        s, tail_lse = _math.sparse_buckets(z, lse, tc.ids)
+        s, tail = _math.sparse_buckets(z, lse, tc.ids)
         p = (z - lse[:, None]).exp_()
         ent = _math.entropy(z, lse, p)
         p = None
         loss, g = _math.kind_loss_and_grad(s, lq, kind, beta)
         if row_grad is not None:
-            dz = _math.bucket_logit_grad(z, lse, tail_lse, tc.ids, g * row_grad[:, None])
+            dz = _math.bucket_logit_grad(z, lse, tail, tc.ids, g * row_grad[:, None])
     else:
         s = z.sub_(lse[:, None])
         p = s.exp()
