@@ -80,7 +80,7 @@ def stats_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, th_ptr, tw_ptr, tb_ptr, tlp_ptr,
     rows = tl.program_id(0) * BN + tl.arange(0, BN)
     row_ok = rows < N
     m = tl.full((BN,), float("-inf"), tl.float32)   # student running max
-    l = tl.zeros((BN,), tl.float32)                  # sum exp(z - m)
+    se = tl.zeros((BN,), tl.float32)                 # sum exp(z - m)
     a = tl.zeros((BN,), tl.float32)                  # sum exp(z - m) z
     mt = tl.full((BN,), float("-inf"), tl.float32)  # teacher running max
     lt = tl.zeros((BN,), tl.float32)                 # sum exp(t - mt)
@@ -95,7 +95,7 @@ def stats_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, th_ptr, tw_ptr, tb_ptr, tlp_ptr,
         m_new = tl.maximum(m, tl.max(z, axis=1))
         alpha = tl.exp(m - _safe(m_new))
         e = tl.exp(z - _safe(m_new)[:, None])
-        l = l * alpha + tl.sum(e, axis=1)
+        se = se * alpha + tl.sum(e, axis=1)
         a = a * alpha + _wsum(e, z)
         if HAS_TARGETS:
             zt += tl.sum(tl.where(cols[None, :] == tgt[:, None], z, 0.0), axis=1)
@@ -112,9 +112,9 @@ def stats_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, th_ptr, tw_ptr, tb_ptr, tlp_ptr,
                 d = d * alpha + _wsum(e, z - t)
             mt = mt_new
         m = m_new
-    lse = _safe(m) + tl.log(l)
+    lse = _safe(m) + tl.log(se)
     tl.store(lse_ptr + rows, lse, mask=row_ok)
-    tl.store(ez_ptr + rows, a / l, mask=row_ok)
+    tl.store(ez_ptr + rows, a / se, mask=row_ok)
     if HAS_TARGETS:
         tl.store(zt_ptr + rows, zt, mask=row_ok)
     if TEACHER != 0:
@@ -123,7 +123,7 @@ def stats_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, th_ptr, tw_ptr, tb_ptr, tlp_ptr,
         if KL == 1:
             tl.store(kl_ptr + rows, d / lt - tlse + lse, mask=row_ok)
         if KL == 2:
-            tl.store(kl_ptr + rows, d / l - lse + tlse, mask=row_ok)
+            tl.store(kl_ptr + rows, d / se - lse + tlse, mask=row_ok)
 
 
 @triton.jit
