@@ -1,0 +1,141 @@
+"""Build the toy world (`slimkit toy build`) and report on it (`slimkit toy report`).
+
+Fixed seeds and fixed step counts: the same command builds the same models. Sized for a 2-core CPU
+(about 10 minutes when the machine is otherwise idle). Everything is written into a temporary
+directory that replaces the target only when complete, so an interrupted build leaves nothing
+that loads as a model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+TEACHER = {"hidden": 128, "layers": 4, "heads": 4, "kv_heads": 2, "head_dim": 32, "intermediate": 512}
+STUDENT = {"hidden": 64, "layers": 2, "heads": 2, "kv_heads": 2, "head_dim": 32, "intermediate": 256}
+TEACHER_STEPS = 1200
+STUDENT_STEPS = 300
+WEIGHTS = {"arith": 0.75, "jobs": 0.25}
+TRAIN_SIZES = {"arith": 50000, "jobs": 20000}
+EVAL_N = {"arith": 600, "jobs": 600}
+
+
+def steps_scale() -> float:
+    """SLIMKIT_TOY_STEPS_SCALE (default 1) scales every step count, e.g. 0.02 for a smoke build."""
+    raw = os.environ.get("SLIMKIT_TOY_STEPS_SCALE", "1")
+    try:
+        scale = float(raw)
+    except ValueError:
+        from slimkit.errors import SlimkitError
+
+        raise SlimkitError(f"SLIMKIT_TOY_STEPS_SCALE={raw!r} is not a number") from None
+    return scale
+
+
+def _threads() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def _eval_all(model, tok, eval_n: dict[str, int]) -> dict[str, Any]:
+    from slimkit.tasks.eval import evaluate
+
+    return {task: evaluate(model, tok, task, split="test", n=n, progress=True, description=f"  eval {task}")
+            for task, n in eval_n.items()}
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _raise_on_sigterm(signum, frame):
+    raise _Terminated(f"terminated by signal {signum}")
+
+
+def build(root: str | os.PathLike, *, scale: float | None = None, eval_n: dict[str, int] | None = None,
+          console=None) -> dict[str, Any]:
+    """Train tokenizer, teacher and student into `root` (replaced atomically); returns the build record."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # no spinning threads on a shared machine
+    import torch
+    from rich.console import Console
+    from transformers.utils import logging as hf_logging
+
+    from slimkit import artifacts, toy
+    from slimkit.tasks import get_task
+    from slimkit.tasks.sft import SFTConfig, train
+
+    hf_logging.disable_progress_bar()
+    console = console or Console(stderr=True)
+    scale = steps_scale() if scale is None else scale
+    eval_n = dict(EVAL_N if eval_n is None else eval_n)
+    root = Path(root)
+    torch.set_num_threads(_threads())
+    old = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    t0 = time.perf_counter()
+    load0 = os.getloadavg()[0]
+    try:
+        with artifacts.atomic_dir(root) as tmp:
+            console.print(f"[bold]building the toy world[/] into {root} (steps x{scale:g})")
+            data = {name: get_task(name).split("train", n) for name, n in TRAIN_SIZES.items()}
+            tok = toy.toy_tokenizer()
+            record: dict[str, Any] = {"version": toy.VERSION, "threads": torch.get_num_threads(),
+                                      "steps_scale": scale, "vocab": len(tok), "models": {}}
+            for name, shape, steps, seed in (("teacher", TEACHER, TEACHER_STEPS, 0),
+                                             ("student", STUDENT, STUDENT_STEPS, 1)):
+                cfg = SFTConfig(steps=max(1, round(steps * scale)), seed=seed,
+                                warmup=min(100, max(1, round(steps * scale) // 10)))
+                model = toy.new_model(tok, seed=seed, **shape)
+                params = sum(p.numel() for p in model.parameters())
+                console.print(f"[bold]{name}[/]: Qwen3 {shape}, {params / 1e6:.2f}M parameters, {cfg.steps} steps")
+                stats = train(model, tok, data, WEIGHTS, cfg, description=f"  train {name}")
+                metrics = _eval_all(model, tok, eval_n)
+                metrics["train"] = stats
+                recipe = {"shape": shape, "sft": vars(cfg), "weights": WEIGHTS, "train_sizes": TRAIN_SIZES}
+                artifacts.save(model, tok, tmp / name, stage=f"toy-{name}", recipe=recipe, metrics=metrics)
+                record["models"][name] = {"params": params, "shape": shape, "steps": cfg.steps,
+                                          "train_seconds": stats["seconds"],
+                                          "train_tokens_per_s": stats["tokens_per_s"],
+                                          "arith": metrics["arith"], "jobs": metrics["jobs"]}
+                console.print(f"  {name}: arith {metrics['arith']['accuracy']:.1%}  jobs AUC "
+                              f"{metrics['jobs']['auc']:.3f}  ({stats['seconds']:.0f} s training)")
+            record["build_seconds"] = time.perf_counter() - t0
+            record["loadavg_start"] = load0
+            record["loadavg_end"] = os.getloadavg()[0]
+            (tmp / "toy.json").write_text(json.dumps(record, indent=2) + "\n")
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    console.print(f"[bold green]toy world built[/] in {record['build_seconds']:.0f} s: {root}")
+    return record
+
+
+def report(root: str | os.PathLike, *, console=None, eval_n: dict[str, int] | None = None) -> dict[str, Any]:
+    """Print the teacher's and the student's eval tables; evaluate and cache any that are missing."""
+    from rich.console import Console
+
+    from slimkit import artifacts, toy
+    from slimkit.errors import SlimkitError
+    from slimkit.tasks.eval import evaluate, results_table
+
+    console = console or Console()
+    root = Path(root)
+    if not toy.is_built(root):
+        raise SlimkitError(f"no toy world at {root}: run `slimkit toy build` first")
+    eval_n = dict(EVAL_N if eval_n is None else eval_n)
+    results: dict[str, dict[str, Any]] = {task: {} for task in eval_n}
+    for name in ("teacher", "student"):
+        metrics = artifacts.read_manifest(root / name).get("metrics", {})
+        missing = [t for t in eval_n if t not in metrics]
+        if missing:
+            model, tok = artifacts.load(root / name)
+            new = {t: evaluate(model, tok, t, n=eval_n[t], progress=True, description=f"eval {name} {t}")
+                   for t in missing}
+            artifacts.update_metrics(root / name, new)
+            metrics.update(new)
+        for task in eval_n:
+            results[task][name] = metrics[task]
+    for task, res in results.items():
+        console.print(results_table(res, title=f"toy world: {task} (test split, n={next(iter(res.values()))['n']})"))
+    return results

@@ -1,0 +1,119 @@
+import json
+
+import pytest
+
+from slimkit.errors import SlimkitError
+from slimkit.tasks import Example, format_prompt, get_task, read_jsonl, write_jsonl
+from slimkit.tasks.arith import CONCISE, extract_answer, solve
+from slimkit.tasks.jobs import TEMPLATE
+
+
+@pytest.mark.parametrize("name", ["arith", "jobs"])
+def test_generators_are_deterministic(name):
+    a = get_task(name).split("train", 300)
+    b = get_task(name).split("train", 300)
+    assert a == b
+    assert get_task(name).split("test", 50) == get_task(name).split("test", 100)[:50]
+
+
+@pytest.mark.parametrize("name,key", [("arith", "expr"), ("jobs", "posting")])
+def test_splits_are_disjoint(name, key):
+    task = get_task(name)
+    ids = {s: {ex.meta[key] if name == "arith" else ex.prompt for ex in task.split(s, n)}
+           for s, n in (("train", 5000), ("validation", 300), ("test", 300))}
+    assert not ids["train"] & ids["test"]
+    assert not ids["train"] & ids["validation"]
+    assert not ids["validation"] & ids["test"]
+    assert len(ids["test"]) == 300  # distinct problems in test
+
+
+def test_arith_examples_are_consistent():
+    task = get_task("arith")
+    exs = task.split("test", 300)
+    assert {ex.meta["level"] for ex in exs} == {1, 2, 3}
+    assert {ex.meta["style"] for ex in exs} == {"verbose", "concise"}
+    for ex in exs:
+        assert task.verify(ex, ex.answer)
+        assert eval(ex.meta["expr"].replace(" ", "")) == ex.meta["result"]  # noqa: S307 - our own digits
+        assert (CONCISE in ex.prompt) == (ex.meta["style"] == "concise")
+    verbose = [len(ex.answer) for ex in exs if ex.meta["style"] == "verbose"]
+    concise = [len(ex.answer) for ex in exs if ex.meta["style"] == "concise"]
+    assert sum(concise) / len(concise) < 0.6 * sum(verbose) / len(verbose)
+
+
+def test_solve_respects_precedence_and_rejects_negative():
+    steps = solve([2, "+", 3, "*", 4])
+    assert [s for _, s, _ in steps] == ["3 * 4 = 12", "2 + 12 = 14"]
+    assert solve([3, "-", 5]) is None
+
+
+def test_arith_verifier():
+    task = get_task("arith")
+    ex = Example("What is 2 + 3?", "2 + 3 = 5. Answer: 5", {"result": 5})
+    assert task.verify(ex, "2 + 3 = 5. Answer: 5")
+    assert task.verify(ex, "Answer: 5 ")
+    assert not task.verify(ex, "2 + 3 = 5. Answer: 6")
+    assert not task.verify(ex, "2 + 3 = 5.")  # no final answer
+    assert not task.verify(ex, "Answer: 5 and more")  # answer must end the text
+    assert not task.verify(ex, "Answer: five")
+    assert not task.verify(ex, "")
+    assert task.verify(ex, "Answer: 4. Answer: 5")  # the last one counts
+    # without meta, the reference answer is parsed from the example's answer
+    assert task.verify(Example("q", "Answer: 12"), "x. Answer: 12")
+    assert extract_answer("Answer: -3") == -3
+
+
+def test_jobs_examples_and_verifier():
+    task = get_task("jobs")
+    exs = task.split("test", 200)
+    labels = [ex.meta["label"] for ex in exs]
+    assert 0.35 < sum(labels) / len(labels) < 0.65
+    for ex in exs:
+        assert ex.answer == ("yes" if ex.meta["label"] else "no")
+        assert ex.prompt == TEMPLATE.format(query=ex.meta["query"], item=ex.meta["posting"])
+        title = ex.meta["query"].split("\n")[0]
+        place = ex.meta["query"].split("\n")[1]
+        lines = ex.meta["posting"].split("\n")
+        assert ex.meta["label"] == int(title in lines and place in lines)
+        assert len(ex.meta["posting"]) > 4 * len(ex.meta["query"])  # filler
+    ex = exs[0]
+    assert task.verify(ex, ex.answer)
+    assert task.verify(ex, ex.answer.capitalize() + ".")
+    assert not task.verify(ex, "no" if ex.answer == "yes" else "yes")
+    assert not task.verify(ex, "")
+    assert not task.verify(ex, "maybe")
+
+
+def test_jsonl_round_trip(tmp_path):
+    exs = get_task("arith").split("test", 20) + get_task("jobs").split("test", 5)
+    p = write_jsonl(tmp_path / "d" / "x.jsonl", exs)
+    assert read_jsonl(p) == exs
+    assert [json.loads(line)["prompt"] for line in p.read_text().splitlines()] == [e.prompt for e in exs]
+
+
+def test_jsonl_user_data_and_errors(tmp_path):
+    p = tmp_path / "mine.jsonl"
+    p.write_text('{"prompt": "p1", "label": "yes", "source": "hr"}\n\n{"prompt": "p2", "answer": "no"}\n')
+    exs = read_jsonl(p)
+    assert exs[0] == Example("p1", "yes", {"label": "yes", "source": "hr"})
+    assert exs[1].answer == "no"
+    p.write_text('{"prompt": "p1"}\n')
+    with pytest.raises(SlimkitError, match="mine.jsonl:1"):
+        read_jsonl(p)
+    p.write_text("not json\n")
+    with pytest.raises(SlimkitError, match="not valid JSON"):
+        read_jsonl(p)
+    with pytest.raises(SlimkitError, match="does not exist"):
+        read_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_bad_names():
+    with pytest.raises(SlimkitError, match="unknown task 'nope'"):
+        get_task("nope")
+    with pytest.raises(SlimkitError, match="unknown split"):
+        get_task("arith").split("dev", 3)
+
+
+def test_format_prompt(tok):
+    text = format_prompt(tok, "What is 1 + 1?")
+    assert text == "<|im_start|>user\nWhat is 1 + 1?<|im_end|>\n<|im_start|>assistant\n"
