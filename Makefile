@@ -33,12 +33,12 @@ $(VLLM_ENV)/.installed: pyproject.toml constraints/vllm.txt slimkit/serve/wheel_
 	$(VLLM_ENV)/bin/python -c "import vllm, torch; assert torch.__version__.startswith('2.13.0') and not torch.version.cuda"
 	touch $@
 
-# .venv-onnx: optimum-onnx (ONNX export; pins transformers < 4.58) + slimkit without deps; used as
+# .venv-onnx: optimum-onnx (ONNX export; pins transformers < 4.58), onnxruntime (int8) + slimkit without deps; used as
 # `.venv-onnx/bin/python -m slimkit.serve.onnx_export SRC OUT`. onnxruntime itself is in the main env.
 ONNX_ENV := .venv-onnx
 $(ONNX_ENV)/.installed: pyproject.toml constraints/onnx.txt
 	test -x $(ONNX_ENV)/bin/python || $(PY) -m venv $(ONNX_ENV)
-	$(ONNX_ENV)/bin/python -m pip install -q -c constraints/onnx.txt optimum-onnx torch==2.13.0 transformers
+	$(ONNX_ENV)/bin/python -m pip install -q -c constraints/onnx.txt optimum-onnx onnxruntime torch==2.13.0 transformers
 	$(ONNX_ENV)/bin/python -m pip install -q -c constraints/onnx.txt --no-deps -e .
 	touch $@
 

@@ -1,0 +1,89 @@
+"""ONNX export (in .venv-onnx, as a subprocess) and the onnxruntime engine on a real port: agrees with
+the torch engine within 1e-3 for fp32; int8 loads and scores close to it."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+import numpy as np
+import pytest
+from serve_data import ITEMS, QUERY, many_items
+
+from slimkit.serve import onnx_export
+from slimkit.serve.client import ScorerClient, ScorerError
+
+pytestmark = pytest.mark.skipif(not onnx_export.ONNX_PYTHON.exists(),
+                                reason="no .venv-onnx: run `make .venv-onnx/.installed`")
+
+
+@pytest.fixture(scope="module")
+def onnx_dirs(tiny_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("onnx")
+    return (onnx_export.export(tiny_dir, root / "fp32"), onnx_export.export(tiny_dir, root / "int8", int8=True))
+
+
+@pytest.fixture(scope="module")
+def onnx_client(onnx_dirs):
+    from slimkit.serve.onnx_engine import OnnxEngine
+    from slimkit.serve.server import make_server
+
+    server, port = make_server(OnnxEngine(onnx_dirs[0]), "127.0.0.1:0")
+    with ScorerClient(f"127.0.0.1:{port}", timeout=60) as c:
+        yield c
+    server.stop(0).wait()
+
+
+def test_export_dir(onnx_dirs, tiny_dir):
+    fp32, int8 = onnx_dirs
+    manifest = json.loads((fp32 / "slimkit.json").read_text())
+    assert manifest["stage"] == "onnx" and manifest["parent"]["path"] == str(tiny_dir)
+    assert (fp32 / "tokenizer.json").is_file() and (fp32 / "model.onnx").is_file()
+    cfg = json.loads((fp32 / "config.json").read_text())
+    src = json.loads((tiny_dir / "config.json").read_text())
+    assert cfg["rope_theta"] == src["rope_parameters"]["rope_theta"]
+    assert (int8 / "model.onnx").stat().st_size < (fp32 / "model.onnx").stat().st_size
+
+
+@pytest.mark.parametrize("norm", ["labels", "vocab", "logit_diff"])
+def test_onnx_agrees_with_torch(onnx_client, client, norm):
+    items = ITEMS + many_items(20)
+    for item_first in (False, True):
+        o = onnx_client.score(QUERY, items, normalization=norm, item_first=item_first)
+        t = client.score(QUERY, items, normalization=norm, item_first=item_first)
+        np.testing.assert_allclose(o.label_logprobs, t.label_logprobs, atol=1e-3, rtol=0)
+        np.testing.assert_allclose(o.scores, t.scores, atol=1e-3, rtol=0)
+
+
+def test_onnx_without_prefix_sharing_and_int8(onnx_dirs, torch_engine):
+    from slimkit.serve.onnx_engine import OnnxEngine
+    from slimkit.serve.prompt import PromptTemplate, make_job
+
+    job = make_job(torch_engine.tokenizer, PromptTemplate(), QUERY, many_items(9), normalization="vocab",
+                   vocab_size=torch_engine.vocab_size)
+    (want,) = torch_engine.score([job])
+    (got,) = OnnxEngine(onnx_dirs[0], share_prefix=False, max_batch=4).score([job])
+    np.testing.assert_allclose(got, want, atol=1e-3, rtol=0)
+    int8 = OnnxEngine(onnx_dirs[1])
+    assert int8.dtype == "int8"
+    (q,) = int8.score([job])
+    np.testing.assert_allclose(q, want, atol=0.1, rtol=0)      # quantized: close, not equal
+
+
+def test_onnx_logprobs_and_errors(onnx_client, client):
+    o = onnx_client.logprobs("Query:\npython developer", " in berlin", top_k=4)
+    t = client.logprobs("Query:\npython developer", " in berlin", top_k=4)
+    np.testing.assert_allclose([x.logprob for x in o.tokens], [x.logprob for x in t.tokens], atol=1e-3)
+    assert [[x.token_id for x in p] for p in o.top] == [[x.token_id for x in p] for p in t.top]
+    assert onnx_client.model_info().engine == "onnxruntime"
+    with pytest.raises(ScorerError) as e:
+        onnx_client.score(QUERY, ITEMS, labels=["yes", "no", "x"], normalization="logit_diff")
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(onnx_client.score(QUERY, ITEMS[:1]).scores) == 1
+
+
+def test_export_error_is_clear(tmp_path):
+    from slimkit.errors import SlimkitError
+
+    with pytest.raises(SlimkitError, match="does not exist"):
+        onnx_export.export(tmp_path / "missing", tmp_path / "out")
