@@ -159,3 +159,27 @@ def test_peak_memory_sees_a_transient_allocation():
         time.sleep(0.05)
         del x
     assert 60 * 2**20 <= m2.peak_bytes <= 80 * 2**20
+
+
+def test_selection_happens_before_the_lm_head_runs_with_gradients(pair, tmp_path, monkeypatch):
+    from slimkit import kernels
+
+    calls = []
+    real = kernels.linear_kl
+
+    def spy(h, w, teacher, **kw):
+        rows = kw.get("rows")
+        calls.append((torch.is_grad_enabled() and h.requires_grad, h.shape[0],
+                      None if rows is None else int(rows.numel())))
+        return real(h, w, teacher, **kw)
+
+    monkeypatch.setattr(kernels, "linear_kl", spy)
+    cfg = load_recipe(None, overrides(pair, tmp_path / "r", "select.method=union",
+                                      "select.any_of=[{method: entropy_top, ratio: 0.1}, "
+                                      "{method: entropy_sample, ratio: 0.1}]"))
+    rec = Distiller(cfg).train_step()
+    scored = [c for c in calls if not c[0]]
+    trained = [c for c in calls if c[0]]
+    assert len(scored) == len(trained) == 1
+    assert scored[0][2] is None  # scores: every token, without gradients
+    assert trained[0][2] == rec["kept"] < 0.2 * rec["tokens"] + 1  # gradients: the kept rows only

@@ -1,0 +1,142 @@
+"""Peak memory (and time) of one distillation training step vs the token-selection keep ratio.
+
+Random-init Qwen3 teacher and student of realistic width (student hidden 512, teacher hidden 1024,
+vocabulary 151936, a few layers), 8 sequences of 512 tokens, live teacher, reverse KL. Each selector
+runs in a fresh subprocess; the step's peak is measured by the trainer itself (CPU: peak RSS over the
+step minus RSS at its start, via the kernel's resettable high-water mark; see
+slimkit/compress/distill/metrics.py). A tiny warmup step first allocates the AdamW state, so the
+measured step is a steady-state one (weights, gradients' and optimizer's memory excluded).
+
+    .venv/bin/python benchmarks/distill_memory.py                      # writes benchmarks/results/distill_memory.{json,md}
+    .venv/bin/python benchmarks/distill_memory.py --layers 2 --seqs 8 --seq-len 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CONFIGS = {
+    "all": ["select.method=all"],
+    "entropy_top r=0.5": ["select.method=entropy_top", "select.ratio=0.5"],
+    "entropy_top r=0.25": ["select.method=entropy_top", "select.ratio=0.25"],
+    "quadrant Q3": ["select.method=quadrant", "select.quadrants=[Q3]"],
+}
+
+
+class SyntheticSource:
+    """Fixed random sequences: `prompt` ids then `completion` ids, all supervised after the prompt."""
+
+    def __init__(self, vocab: int, seqs: int, seq_len: int, prompt: int = 16, seed: int = 0):
+        from slimkit.compress.distill.rollouts import Rollout
+
+        rng = random.Random(seed)
+        self.rollouts = [Rollout([rng.randrange(vocab) for _ in range(prompt)],
+                                 [rng.randrange(vocab) for _ in range(seq_len - prompt)], i) for i in range(seqs)]
+
+    def get(self, indices, **_):
+        return self.rollouts
+
+
+def worker(args) -> None:
+    import torch
+
+    from slimkit.compress.distill import load_recipe
+    from slimkit.compress.distill.trainer import Distiller
+
+    torch.set_num_threads(args.threads)
+    cfg = load_recipe(None, [
+        f"teacher={args.models}/teacher", f"student={args.models}/student", f"out={args.models}/run",
+        "rollout.source=dataset", f"data.n={args.seqs}", f"train.prompts_per_step={args.seqs}",
+        f"train.micro_batch={args.seqs}", f"train.steps={args.steps + 1}", "train.live_table=false",
+        "eval.at_start=false", "loss.kind=reverse", *CONFIGS[args.worker]])
+    d = Distiller(cfg)
+    # a tiny first step allocates AdamW's state (and .grad), so the measured steps are steady-state ones
+    d.source = SyntheticSource(len(d.tok), 1, 32)
+    d.train_step()
+    d.source = SyntheticSource(len(d.tok), args.seqs, args.seq_len)
+    recs = []
+    for _ in range(args.steps):
+        r = d.train_step()
+        recs.append({k: r[k] for k in ("step", "peak_mem_mb", "step_s", "tokens", "kept", "keep_frac", "mem_method")})
+    print("RESULT " + json.dumps(recs))
+
+
+def build_models(root: Path, args) -> None:
+    from slimkit.toy import make_tiny_model_dir
+
+    common = dict(layers=args.layers, head_dim=64, vocab=args.vocab)
+    make_tiny_model_dir(root / "teacher", hidden=args.teacher_hidden, heads=16, kv_heads=8,
+                        intermediate=3 * args.teacher_hidden, seed=1, **common)
+    make_tiny_model_dir(root / "student", hidden=args.student_hidden, heads=8, kv_heads=4,
+                        intermediate=3 * args.student_hidden, seed=2, **common)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--student-hidden", type=int, default=512)
+    ap.add_argument("--teacher-hidden", type=int, default=1024)
+    ap.add_argument("--vocab", type=int, default=151936)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--seqs", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=1, help="measured steps (after a tiny warmup step)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--configs", default="all,entropy_top r=0.5,entropy_top r=0.25,quadrant Q3")
+    ap.add_argument("--out", default="benchmarks/results/distill_memory")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--models", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args)
+
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="distill-mem-") as tmp:
+        build_models(Path(tmp), args)
+        for name in args.configs.split(","):
+            cmd = [sys.executable, __file__, "--worker", name, "--models", tmp] + [
+                f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+                if k in ("seqs", "seq_len", "steps", "threads")]
+            t0 = time.time()
+            p = subprocess.run(cmd, capture_output=True, text=True)
+            if p.returncode:
+                sys.exit(f"{name} failed:\n{p.stderr[-3000:]}")
+            line = next(x for x in p.stdout.splitlines() if x.startswith("RESULT "))
+            results[name] = json.loads(line[7:])
+            print(f"{name}: {results[name][-1]} ({time.time() - t0:.0f}s)", flush=True)
+
+    base = results["all"][-1]["peak_mem_mb"] if "all" in results else None
+    rows = []
+    for name, recs in results.items():
+        last = recs[-1]
+        rows.append({"config": name, "keep_frac": last["keep_frac"], "tokens": last["tokens"],
+                     "peak_mem_mb": last["peak_mem_mb"], "peak_vs_all": last["peak_mem_mb"] / base if base else None,
+                     "step_s": last["step_s"], "first_step_peak_mb": recs[0]["peak_mem_mb"],
+                     "mem_method": last["mem_method"]})
+    meta = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": platform.platform(),
+            "cpu_threads": args.threads, "shape": {k: getattr(args, k) for k in (
+                "student_hidden", "teacher_hidden", "vocab", "layers", "seqs", "seq_len")},
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
+    md = [f"# Distillation step memory vs token selection\n\n`{meta['command']}`  \n{meta['machine']}, "
+          f"{args.threads} threads, {meta['time']}  \nshape: {meta['shape']}\n",
+          "| selector | kept | peak MiB (last step) | vs all | step s | peak MiB first step |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        vs = f"{r['peak_vs_all']:.2f}x" if r["peak_vs_all"] is not None else ""
+        md.append(f"| {r['config']} | {r['keep_frac']:.2f} | {r['peak_mem_mb']:.0f} | {vs} | {r['step_s']:.1f} | "
+                  f"{r['first_step_peak_mb']:.0f} |")
+    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
