@@ -33,15 +33,29 @@ class TorchEngine(Engine):
                  max_batch: int = 64, share_prefix: bool = True, attn: str | None = None) -> None:
         if dtype not in DTYPES:
             raise SlimkitError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-        self.model_dir = Path(model_dir)
-        self.model, self.tokenizer = artifacts.load(model_dir, dtype=DTYPES[dtype], device=device)
+        model, tokenizer = artifacts.load(model_dir, dtype=DTYPES[dtype], device=device)
+        self._setup(model, tokenizer, Path(model_dir), max_batch=max_batch, share_prefix=share_prefix, attn=attn)
+
+    @classmethod
+    def from_model(cls, model, tokenizer, *, model_dir: str | Path = "", max_batch: int = 64,
+                   share_prefix: bool = True, attn: str | None = None) -> TorchEngine:
+        """An engine around an already loaded causal LM (e.g. a random model built for a benchmark)."""
+        self = cls.__new__(cls)
+        self._setup(model.eval(), tokenizer, Path(model_dir), max_batch=max_batch, share_prefix=share_prefix,
+                    attn=attn)
+        return self
+
+    def _setup(self, model, tokenizer, model_dir: Path, *, max_batch: int, share_prefix: bool,
+               attn: str | None) -> None:
+        self.model, self.tokenizer, self.model_dir = model, tokenizer, model_dir
         if attn is not None:
             self.model.set_attn_implementation(attn)
         self.body = self.model.get_decoder()
         head = self.model.get_output_embeddings()
         self.head_weight, self.head_bias = head.weight, getattr(head, "bias", None)
         self.vocab_size = int(self.model.config.vocab_size)
-        self.dtype, self.device = dtype, torch.device(device)
+        self.dtype = {v: k for k, v in DTYPES.items()}.get(self.head_weight.dtype, str(self.head_weight.dtype))
+        self.device = self.head_weight.device
         self.max_batch, self.share_prefix = max_batch, share_prefix
 
     # -- Score ---------------------------------------------------------------------------------
@@ -76,13 +90,14 @@ class TorchEngine(Engine):
         from transformers import DynamicCache
 
         b, width = len(seqs), max(len(s) for s in seqs)
-        ids = torch.zeros(b, width, dtype=torch.long, device=self.device)
-        mask = torch.zeros(b, plen + width, dtype=torch.long, device=self.device)
+        ids = torch.zeros(b, width, dtype=torch.long)      # built on the host, moved once
+        mask = torch.zeros(b, plen + width, dtype=torch.long)
         mask[:, :plen] = 1
-        lens = torch.tensor([len(s) for s in seqs], device=self.device)
+        lens = torch.tensor([len(s) for s in seqs])
         for r, s in enumerate(seqs):                       # right padding: real tokens never see pads
-            ids[r, :len(s)] = torch.tensor(s, device=self.device)
+            ids[r, :len(s)] = torch.tensor(s)
             mask[r, plen:plen + len(s)] = 1
+        ids, mask, lens = ids.to(self.device), mask.to(self.device), lens.to(self.device)
         pos = (plen + torch.arange(width, device=self.device)).expand(b, width)
         cache = None
         if prefix is not None:

@@ -1,0 +1,228 @@
+"""Scorer benchmarks (torch engine). Results go to benchmarks/results/serve[-WORKLOAD-DEVICE].{json,md}.
+
+--workload prefix (CPU acceptance): 1 query (~300 tokens) x 100 items (~50 tokens). Items/s with
+shared-prefix KV reuse vs scoring each concatenation separately (same engine object, same batch size,
+same process, runs interleaved; median of --repeats). The scores of both paths are compared too.
+
+    .venv/bin/python benchmarks/serve.py --workload prefix
+
+--workload latency (GPU acceptance; runs on CPU too, with a small model): a real gRPC server in this
+process, C client threads sending requests back-to-back for --seconds each, per concurrency level:
+items/s and p50/p90/p99 request latency; the best items/s whose p99 <= --p99-ms is the headline.
+Each request: 1 query (~300 tokens) x 10 items (~100 tokens). With --device cuda the model is a
+random-init bf16 Qwen3 of Qwen3-0.6B's shape (weights never leave the GPU; no download).
+
+    python benchmarks/serve.py --workload latency --device cuda          # on an H100/H200
+    .venv/bin/python benchmarks/serve.py --workload latency --seconds 5 --concurrency 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from slimkit.serve.prompt import PromptTemplate, make_job
+from slimkit.serve.torch_engine import TorchEngine
+
+RESULTS = Path(__file__).resolve().parent / "results"
+WORDS = ("python sql spark airflow kafka java go postgres docker kubernetes react typescript css figma "
+         "statistics pytorch berlin munich hamburg remote hybrid senior junior lead team salary benefits "
+         "patient care night shifts medication teamwork office travel english german contract").split()
+QWEN3_06B = dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
+                 head_dim=128, intermediate_size=3072, vocab_size=151936, max_position_embeddings=40960,
+                 rope_theta=1_000_000.0, tie_word_embeddings=True)
+
+
+def text_of_tokens(tok, n: int, seed: int) -> str:
+    """Text of about n tokens (random words from the jobs vocabulary)."""
+    rng = np.random.default_rng(seed)
+    words: list[str] = []
+    while len(tok.encode(" ".join(words), add_special_tokens=False)) < n:
+        words += list(rng.choice(WORDS, size=max(1, (n - len(words)) // 3)))
+    while len(tok.encode(" ".join(words), add_special_tokens=False)) > n:
+        words.pop()
+    return " ".join(words)
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} ({platform.machine()})"
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+
+
+def load_engine(args) -> tuple[TorchEngine, str]:
+    if args.device == "cuda":
+        from transformers import Qwen3Config, Qwen3ForCausalLM
+
+        from slimkit.toy import toy_tokenizer
+
+        tok = toy_tokenizer()
+        torch.manual_seed(0)
+        with torch.device("cuda"):
+            model = Qwen3ForCausalLM(Qwen3Config(**QWEN3_06B, eos_token_id=tok.eos_token_id,
+                                                 pad_token_id=tok.pad_token_id)).to(torch.bfloat16)
+        return TorchEngine.from_model(model, tok, max_batch=args.max_batch), "random-init Qwen3-0.6B shape, bf16"
+    from slimkit import toy
+
+    if toy.is_built() and not args.random:
+        path = toy.default_dir() / "teacher"
+        return TorchEngine(path, max_batch=args.max_batch), f"toy teacher ({path})"
+    path = Path(tempfile.mkdtemp()) / "model"
+    toy.make_tiny_model_dir(path, hidden=128, layers=4, heads=4, kv_heads=2, head_dim=32, intermediate=512)
+    return TorchEngine(path, max_batch=args.max_batch), "random-init Qwen3 (hidden 128, 4 layers, MLP 512; toy teacher's shape)"
+
+
+def bench_prefix(engine: TorchEngine, args) -> dict:
+    tok = engine.tokenizer
+    query = text_of_tokens(tok, args.query_tokens, 0)
+    items = [text_of_tokens(tok, args.item_tokens, 1 + i) for i in range(args.items)]
+    job = make_job(tok, PromptTemplate(), query, items, normalization="labels", vocab_size=engine.vocab_size)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    scores = {}
+    for share in (True, False):                        # warm-up, and the scores of both paths
+        engine.share_prefix = share
+        scores[share] = engine.score([job])[0]
+    for _ in range(args.repeats):
+        for share in (True, False):
+            engine.share_prefix = share
+            t0 = time.perf_counter()
+            engine.score([job])
+            times[share].append(time.perf_counter() - t0)
+    engine.share_prefix = True
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "shared_tokens": len(job.shared_ids), "item_tokens_mean": float(np.mean([len(i) for i in job.item_ids])),
+        "items": len(items), "max_batch": engine.max_batch,
+        "shared_prefix_items_per_s": len(items) / med[True], "separate_items_per_s": len(items) / med[False],
+        "speedup": med[False] / med[True], "seconds": {str(k): v for k, v in times.items()},
+        "max_abs_score_diff": float(np.abs(scores[True] - scores[False]).max()),
+    }
+
+
+def client_loop(seed: int, addr: str, stop: float, queries: list[str], item_pool: list[str], n_items: int,
+                lat: list[float], lock: threading.Lock) -> None:
+    """One client: random query and items per request, back-to-back until `stop`; latencies to `lat`."""
+    from slimkit.serve.client import ScorerClient
+
+    rng = np.random.default_rng(seed)
+    with ScorerClient(addr, timeout=120) as c:
+        while time.perf_counter() < stop:
+            items = [item_pool[i] for i in rng.choice(len(item_pool), n_items, replace=False)]
+            t0 = time.perf_counter()
+            c.score(queries[int(rng.integers(len(queries)))], items)
+            with lock:
+                lat.append(time.perf_counter() - t0)
+
+
+def bench_latency(engine: TorchEngine, args) -> dict:
+    from slimkit.serve.client import ScorerClient
+    from slimkit.serve.server import make_server
+
+    tok = engine.tokenizer
+    queries = [text_of_tokens(tok, args.query_tokens, 1000 + q) for q in range(8)]
+    item_pool = [text_of_tokens(tok, args.item_tokens, 2000 + i) for i in range(64)]
+    server, port = make_server(engine, "127.0.0.1:0", workers=max(args.concurrency) + 4)
+    addr = f"127.0.0.1:{port}"
+    levels = []
+    try:
+        rng = np.random.default_rng(0)
+        with ScorerClient(addr) as c:                  # warm-up: the request shapes of the run
+            for i in range(args.warmup):
+                c.score(queries[i % len(queries)], [item_pool[j] for j in rng.choice(64, args.items, replace=False)])
+        for conc in args.concurrency:
+            lat: list[float] = []
+            stop = time.perf_counter() + args.seconds
+            work = (addr, stop, queries, item_pool, args.items, lat, threading.Lock())
+            t0 = time.perf_counter()
+            threads = [threading.Thread(target=client_loop, args=(s, *work)) for s in range(conc)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            wall = time.perf_counter() - t0
+            ms = np.array(lat) * 1000
+            levels.append({"concurrency": conc, "requests": len(lat), "items_per_s": len(lat) * args.items / wall,
+                           "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+                           "p99_ms": float(np.percentile(ms, 99))})
+            print(f"  concurrency {conc}: {levels[-1]['items_per_s']:.0f} items/s, "
+                  f"p50 {levels[-1]['p50_ms']:.0f} ms, p99 {levels[-1]['p99_ms']:.0f} ms", file=sys.stderr)
+    finally:
+        server.stop(0).wait()
+    ok = [lv for lv in levels if lv["p99_ms"] <= args.p99_ms]
+    best = max(ok, key=lambda lv: lv["items_per_s"]) if ok else None
+    return {"levels": levels, "p99_limit_ms": args.p99_ms,
+            "items_per_s_at_p99_limit": best["items_per_s"] if best else None,
+            "best_concurrency": best["concurrency"] if best else None}
+
+
+def write(name: str, record: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    r, lines = record["result"], [f"# Scorer benchmark: {record['workload']}", "",
+                                  f"- command: `{record['command']}`", f"- machine: {record['machine']}",
+                                  f"- model: {record['model']}", f"- date: {record['date']}", ""]
+    if record["workload"] == "prefix":
+        lines += ["| path | items/s |", "|---|---|",
+                  f"| shared prefix (KV cache reused) | {r['shared_prefix_items_per_s']:.1f} |",
+                  f"| each concatenation separately | {r['separate_items_per_s']:.1f} |", "",
+                  f"Speed-up **{r['speedup']:.2f}x** (acceptance: >= 3x). Shared tokens {r['shared_tokens']}, "
+                  f"item tokens {r['item_tokens_mean']:.0f} on average, {r['items']} items, batch {r['max_batch']}; "
+                  f"median of {len(r['seconds']['True'])} interleaved runs. Max |score difference| between the "
+                  f"two paths: {r['max_abs_score_diff']:.1e}."]
+    else:
+        lines += ["| concurrency | requests | items/s | p50 ms | p90 ms | p99 ms |", "|---|---|---|---|---|---|"]
+        lines += [f"| {lv['concurrency']} | {lv['requests']} | {lv['items_per_s']:.0f} | {lv['p50_ms']:.0f} | "
+                  f"{lv['p90_ms']:.0f} | {lv['p99_ms']:.0f} |" for lv in r["levels"]]
+        best = r["items_per_s_at_p99_limit"]
+        lines += ["", f"Items/s at P99 <= {r['p99_limit_ms']:.0f} ms: " +
+                  (f"**{best:.0f}** (concurrency {r['best_concurrency']})" if best else "none met the limit") +
+                  ". Engine calls are serialized per request (no cross-request batching yet)."]
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="slimkit scorer benchmarks")
+    ap.add_argument("--workload", choices=["prefix", "latency"], default="prefix")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--random", action="store_true", help="random model even if the toy teacher is built")
+    ap.add_argument("--query-tokens", type=int, default=300)
+    ap.add_argument("--item-tokens", type=int, default=None, help="default: 50 (prefix), 100 (latency)")
+    ap.add_argument("--items", type=int, default=None, help="items per request; default 100 (prefix), 10 (latency)")
+    ap.add_argument("--max-batch", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=20.0, help="latency: seconds per concurrency level")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
+    ap.add_argument("--warmup", type=int, default=10, help="latency: warm-up requests")
+    ap.add_argument("--p99-ms", type=float, default=500.0)
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--out", help="results name (default serve, or serve-latency-DEVICE)")
+    args = ap.parse_args()
+    prefix = args.workload == "prefix"
+    args.item_tokens = args.item_tokens or (50 if prefix else 100)
+    args.items = args.items or (100 if prefix else 10)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device here")
+    torch.set_num_threads(args.threads)
+    engine, model = load_engine(args)
+    with torch.inference_mode():
+        result = bench_prefix(engine, args) if prefix else bench_latency(engine, args)
+    record = {"workload": args.workload, "command": "python benchmarks/serve.py " + " ".join(sys.argv[1:]),
+              "machine": machine(), "model": model, "device": args.device, "dtype": engine.dtype,
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "result": result}
+    name = args.out or ("serve" if prefix and args.device == "cpu" else f"serve-{args.workload}-{args.device}")
+    write(name, record)
+    print(json.dumps(record["result"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
