@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from serve_data import ITEMS, QUERY
@@ -59,3 +60,31 @@ def test_score_command_bad_label_is_one_clear_error(torch_server, items_file):
     assert r.returncode == 2
     assert "INVALID_ARGUMENT" in r.stderr and "not a single token" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_serve_command_subprocess_and_sigterm(tiny_dir, tmp_path):
+    import shutil
+    import sys
+
+    from serve_data import start_server, stop_server
+
+    from slimkit.serve.client import ScorerClient
+
+    exe = shutil.which("slimkit", path=str(Path(sys.executable).parent))
+    proc, addr = start_server([exe, "serve"], tiny_dir, "torch", tmp_path, timeout=180)
+    try:
+        with ScorerClient(addr) as c:
+            assert c.model_info().engine == "torch"
+            assert len(c.score(QUERY, ITEMS).scores) == len(ITEMS)
+    finally:
+        stop_server(proc)
+    assert proc.returncode == 0
+
+
+def test_serve_command_bad_model_dir(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "slimkit.serve", str(tmp_path / "nope")], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr

@@ -4,15 +4,12 @@ agrees with the torch engine within 1e-3 (fp32) through the client. One vLLM ser
 
 from __future__ import annotations
 
-import os
-import subprocess
-import time
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from serve_data import ITEMS, QUERY, many_items
+from serve_data import ITEMS, QUERY, many_items, start_server, stop_server
 
 from slimkit.serve.client import ScorerClient, ScorerError
 
@@ -25,36 +22,9 @@ pytestmark = [
 ]
 
 
-def start_server(python: Path, model_dir: Path, engine: str, tmp: Path, *, timeout: float = 400,
-                 env: dict | None = None):
-    """Start `python -m slimkit.serve` on a free port; return (process, address) once it answers."""
-    port_file, log = tmp / f"{engine}.port", open(tmp / f"{engine}.log", "w")
-    proc = subprocess.Popen([str(python), "-m", "slimkit.serve", str(model_dir), "--engine", engine,
-                             "--port", "0", "--port-file", str(port_file)], cwd=ROOT, stdout=log,
-                            stderr=subprocess.STDOUT, env=os.environ | (env or {}))
-    deadline = time.time() + timeout
-    while not port_file.exists():
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            raise RuntimeError(f"{engine} server did not start:\n" + (tmp / f"{engine}.log").read_text()[-4000:])
-        time.sleep(0.5)
-    addr = f"127.0.0.1:{port_file.read_text()}"
-    ScorerClient(addr).wait_ready(60)
-    return proc, addr
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture(scope="module")
 def vllm_addr(tiny_dir, tmp_path_factory):
-    proc, addr = start_server(VLLM_PY, tiny_dir, "vllm", tmp_path_factory.mktemp("vllm"),
+    proc, addr = start_server([str(VLLM_PY), "-m", "slimkit.serve"], tiny_dir, "vllm", tmp_path_factory.mktemp("vllm"),
                               env={"VLLM_CPU_KVCACHE_SPACE": "1"})
     yield addr
     stop_server(proc)
