@@ -19,7 +19,9 @@ random-init bf16 Qwen3 of Qwen3-0.6B's shape (weights never leave the GPU; no do
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import platform
 import statistics
 import sys
@@ -57,7 +59,11 @@ def text_of_tokens(tok, n: int, seed: int) -> str:
 def machine() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()} ({platform.machine()})"
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads{load}"
 
 
 def load_engine(args) -> tuple[TorchEngine, str]:

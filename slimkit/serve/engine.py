@@ -61,6 +61,7 @@ class Engine(abc.ABC):
     vocab_size: int
     dtype: str
     max_top_k: int | None = None            # the largest top_k LogProbs can return (None: no limit)
+    max_len: int | None = None              # the longest sequence the model takes (None: no limit)
 
     @abc.abstractmethod
     def score(self, jobs: list[ScoreJob]) -> list[np.ndarray]:
@@ -74,7 +75,19 @@ class Engine(abc.ABC):
         """Release the model (processes, memory)."""
 
 
+def check_score_job(job: ScoreJob, engine: Engine) -> None:
+    if engine.max_len is None:
+        return
+    for i, item in enumerate(job.item_ids):
+        if len(job.shared_ids) + len(item) > engine.max_len:
+            raise RequestError(f"item {i} is too long: {len(job.shared_ids)} shared + {len(item)} item tokens "
+                               f"> the model's {engine.max_len}")
+
+
 def check_logprobs_job(job: LogProbsJob, engine: Engine) -> None:
+    if engine.max_len is not None and len(job.prompt_ids) + len(job.continuation_ids) > engine.max_len:
+        raise RequestError(f"prompt + continuation is {len(job.prompt_ids) + len(job.continuation_ids)} tokens "
+                           f"> the model's {engine.max_len}")
     if not job.continuation_ids:
         raise RequestError("continuation is empty: nothing to score")
     if not job.prompt_ids:

@@ -56,6 +56,7 @@ class OnnxEngine(Engine):
         self.past_dtype = _NP[first.type]
         cfg = json.loads((self.model_dir / "config.json").read_text())
         self.vocab_size = int(cfg["vocab_size"])
+        self.max_len = cfg.get("max_position_embeddings")
         manifest = artifacts.read_manifest(self.model_dir)
         self.dtype = "int8" if manifest.get("recipe", {}).get("int8") else dtype
         self.max_batch, self.share_prefix = max_batch, share_prefix

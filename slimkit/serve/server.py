@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from slimkit import artifacts
 from slimkit.serve._proto import scorer_pb2 as pb
 from slimkit.serve._proto import scorer_pb2_grpc as pb_grpc
-from slimkit.serve.engine import Engine, LogProbsJob, item_scores
+from slimkit.serve.engine import Engine, LogProbsJob, check_score_job, item_scores
 from slimkit.serve.prompt import (
     DEFAULT_LABELS,
     PromptTemplate,
@@ -58,6 +58,7 @@ class ScorerService(pb_grpc.ScorerServicer):
                            labels=list(request.labels), label_ids=list(request.label_token_ids),
                            normalization=norm, item_first=request.item_first,
                            vocab_size=self.engine.vocab_size)
+            check_score_job(job, self.engine)
         except RequestError as e:
             self._abort_bad(context, e)
         t0 = time.perf_counter()

@@ -54,6 +54,7 @@ class TorchEngine(Engine):
         head = self.model.get_output_embeddings()
         self.head_weight, self.head_bias = head.weight, getattr(head, "bias", None)
         self.vocab_size = int(self.model.config.vocab_size)
+        self.max_len = getattr(self.model.config, "max_position_embeddings", None)
         self.dtype = {v: k for k, v in DTYPES.items()}.get(self.head_weight.dtype, str(self.head_weight.dtype))
         self.device = self.head_weight.device
         self.max_batch, self.share_prefix = max_batch, share_prefix

@@ -49,6 +49,8 @@ class VllmEngine(Engine):
                        enforce_eager=enforce_eager, distributed_executor_backend="uni",
                        max_num_seqs=max_batch, max_logprobs=MAX_LOGPROBS, **llm_options)
         self.vocab_size = int(self.llm.llm_engine.model_config.get_vocab_size())
+        # Score prompts carry one extra token (the label appended, see above).
+        self.max_len = int(self.llm.llm_engine.model_config.max_model_len) - 1
         self.dtype = dtype
 
     def _prompt_logprobs(self, prompts: list[list[int]], top_k: int) -> list[list[dict]]:

@@ -53,6 +53,7 @@ def test_item_first(client):
     (dict(items=[]), "items is empty"),
     (dict(labels=["yes", "certainly not one token"]), "not a single token"),
     (dict(labels=[5, 10**6]), "outside the vocabulary"),
+    (dict(items=["ok", "spark " * 600]), "item 1 is too long"),
     (dict(normalization="logit_diff", labels=[5, 6, 7]), "exactly two labels"),
 ])
 def test_bad_input_is_invalid_argument_and_server_keeps_serving(client, kwargs, message):

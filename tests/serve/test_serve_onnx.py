@@ -13,8 +13,9 @@ from serve_data import ITEMS, QUERY, many_items
 from slimkit.serve import onnx_export
 from slimkit.serve.client import ScorerClient, ScorerError
 
-pytestmark = pytest.mark.skipif(not onnx_export.ONNX_PYTHON.exists(),
-                                reason="no .venv-onnx: run `make .venv-onnx/.installed`")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not onnx_export.ONNX_PYTHON.exists(),
+                                 reason="no .venv-onnx: run `make .venv-onnx/.installed`")]
 
 
 @pytest.fixture(scope="module")
