@@ -67,17 +67,19 @@ def machine() -> str:
 
 
 def load_engine(args) -> tuple[TorchEngine, str]:
-    if args.device == "cuda":
+    if args.shape == "qwen3-0.6b":
         from transformers import Qwen3Config, Qwen3ForCausalLM
 
         from slimkit.toy import toy_tokenizer
 
-        tok = toy_tokenizer()
+        tok = toy_tokenizer()                          # ids < 151936: any tokenizer will do for timing
         torch.manual_seed(0)
-        with torch.device("cuda"):
+        dtype = getattr(torch, args.dtype)
+        with torch.device(args.device):
             model = Qwen3ForCausalLM(Qwen3Config(**QWEN3_06B, eos_token_id=tok.eos_token_id,
-                                                 pad_token_id=tok.pad_token_id)).to(torch.bfloat16)
-        return TorchEngine.from_model(model, tok, max_batch=args.max_batch), "random-init Qwen3-0.6B shape, bf16"
+                                                 pad_token_id=tok.pad_token_id)).to(dtype)
+        engine = TorchEngine.from_model(model, tok, max_batch=args.max_batch)
+        return engine, f"random-init Qwen3-0.6B shape, {args.dtype}"
     from slimkit import toy
 
     if toy.is_built() and not args.random:
@@ -208,6 +210,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="slimkit scorer benchmarks")
     ap.add_argument("--workload", choices=["prefix", "latency"], default="prefix")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--shape", choices=["toy", "qwen3-0.6b"], default=None,
+                    help="model: the toy teacher (or a random model of its shape), or a random-init model of "
+                         "Qwen3-0.6B's shape; default toy on cpu, qwen3-0.6b on cuda")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                    help="qwen3-0.6b shape: default bfloat16 on cuda, float32 on cpu")
     ap.add_argument("--random", action="store_true", help="random model even if the toy teacher is built")
     ap.add_argument("--query-tokens", type=int, default=300)
     ap.add_argument("--item-tokens", type=int, default=None, help="default: 50 (prefix), 100 (latency)")
@@ -228,6 +235,8 @@ def main() -> None:
     prefix = args.workload == "prefix"
     args.item_tokens = args.item_tokens or (50 if prefix else 100)
     args.items = args.items or (100 if prefix else 10)
+    args.shape = args.shape or ("qwen3-0.6b" if args.device == "cuda" else "toy")
+    args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device here")
     torch.set_num_threads(args.threads)

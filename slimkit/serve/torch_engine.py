@@ -117,10 +117,18 @@ class TorchEngine(Engine):
             logits = logits + self.head_bias[labels].float()
         if normalization == "labels":
             return torch.log_softmax(logits, dim=-1)
-        lse = linear_logprob(hidden.float(), self.head_weight.float(), labels[:1].expand(len(hidden)),
+        lse = linear_logprob(hidden.float(), self._head_fp32(), labels[:1].expand(len(hidden)),
                              bias=None if self.head_bias is None else self.head_bias.float(),
                              vocab_size=self.vocab_size).lse
         return logits - lse[:, None]
+
+    def _head_fp32(self) -> torch.Tensor:
+        """The LM head in fp32 (the weight itself for fp32 models; a copy kept once for bf16/fp16)."""
+        if self.head_weight.dtype == torch.float32:
+            return self.head_weight
+        if getattr(self, "_head32", None) is None:
+            self._head32 = self.head_weight.float()
+        return self._head32
 
     # -- LogProbs ------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -135,7 +143,7 @@ class TorchEngine(Engine):
         x = torch.tensor([ids], device=self.device)
         h = self.body(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).last_hidden_state[0]
         h = h[p - 1:p + c - 1].float()                     # the positions that predict the continuation
-        w = self.head_weight.float()
+        w = self._head_fp32()
         bias = None if self.head_bias is None else self.head_bias.float()
         targets = torch.tensor(job.continuation_ids, device=self.device)
         out = linear_logprob(h, w, targets, bias=bias, vocab_size=self.vocab_size)
