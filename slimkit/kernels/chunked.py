@@ -22,17 +22,21 @@ from slimkit.kernels import _math
 from slimkit.kernels._teacher import Teacher
 
 # How many [chunk, V] fp32 temporaries one chunk holds at once (logits, log-probs, probs, teacher, grads).
-_TEMPS = 8
+_TEMPS = 5
 
 
 def chunk_rows(n: int, hidden: int, vocab: int, budget_mb: float | None = None) -> int:
-    """Rows per chunk: the [chunk, V] block is about as large as the hidden states [N, H] (so the
-    workspace is O(N * H) like the inputs, as in Liger-Kernel), at least 16 rows, and its temporaries
-    stay under `budget_mb` MiB (default: env SLIMKIT_KERNEL_CHUNK_MB, else 256)."""
+    """Rows per chunk: the [chunk, V] block holds about 8x as many numbers as the hidden states [N, H]
+    (so the workspace is O(N * H) like the inputs and shrinks with `rows`, as in Liger-Kernel), at least
+    32 rows (smaller matmuls waste the CPU), and its fp32 temporaries stay under `budget_mb` MiB
+    (default: env SLIMKIT_KERNEL_CHUNK_MB, else 384). Env SLIMKIT_KERNEL_CHUNK_ROWS fixes the rows
+    instead (bigger chunks run faster on CPUs; the workspace then no longer shrinks with `rows`)."""
+    if os.environ.get("SLIMKIT_KERNEL_CHUNK_ROWS"):
+        return max(1, min(n, int(os.environ["SLIMKIT_KERNEL_CHUNK_ROWS"])))
     if budget_mb is None:
-        budget_mb = float(os.environ.get("SLIMKIT_KERNEL_CHUNK_MB", "256"))
+        budget_mb = float(os.environ.get("SLIMKIT_KERNEL_CHUNK_MB", "384"))
     cap = max(1, int(budget_mb * 2**20 // (_TEMPS * 4 * vocab)))
-    rows = max(16, math.ceil(n * hidden / vocab))
+    rows = max(32, math.ceil(8 * n * hidden / vocab))
     return max(1, min(n, rows, cap))
 
 
@@ -129,12 +133,56 @@ def logprob(h: Tensor, w: Tensor, b: Tensor | None, targets: Tensor, temperature
 # --------------------------------------------------------------------------------------------------- kl
 
 
+def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+    """sum(a * b, -1) without a [rows, V] temporary."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+
+
+def _softmax_(z: Tensor) -> tuple[Tensor, Tensor]:
+    """z -> log_softmax(z) in place; returns (softmax, lse) with one exp pass."""
+    m = z.amax(-1, keepdim=True)
+    z.sub_(m)
+    p = z.exp()
+    se = p.sum(-1, keepdim=True)
+    p.div_(se)
+    log_se = se.log_()
+    z.sub_(log_se)
+    return p, (m + log_se).view(-1)
+
+
+def _kl_chunk_live(h, w, b, tc: Teacher, kind, temperature, sl, row_grad, grads):
+    """Forward / reverse KL against a live teacher: no -inf anywhere, so fewer passes and temporaries
+    (about 4 [chunk, V] blocks: student log-probs and probs, teacher log-probs and probs)."""
+    s = _logits(h[sl], w, b, temperature)
+    p, _ = _softmax_(s)
+    ent = -_rowdot(p, s)
+    lq = _logits(tc.hidden, tc.weight, tc.bias, temperature)
+    q, _ = _softmax_(lq)
+    if kind == "forward":  # sum q (lq - s); dz = p - q
+        loss = _rowdot(q, lq) - _rowdot(q, s)
+        del lq, s
+        dz = p.sub_(q) if row_grad is not None else None
+    else:  # sum p (s - lq); dz = p (s - lq - kl)
+        del q
+        d = lq.neg_().add_(s)
+        loss = _rowdot(p, d)
+        del s
+        dz = d.sub_(loss[:, None]).mul_(p) if row_grad is not None else None
+    if dz is not None:
+        del p
+        dz.mul_(row_grad[:, None])
+        _add_grads(dz, h, w, temperature, grads, sl)
+    return loss, ent
+
+
 def _kl_chunk(h, w, b, t: Teacher, kind, beta, temperature, sl, row_grad, grads):
     """One chunk of rows: per-row loss and entropy; with row_grad (d out / d loss_row) also add the
     gradient contributions of these rows to `grads`."""
+    tc = t.rows(sl.start, sl.stop)
+    if t.kind == "live" and kind != "jsd":
+        return _kl_chunk_live(h, w, b, tc, kind, temperature, sl, row_grad, grads)
     z = _logits(h[sl], w, b, temperature)
     lse = z.logsumexp(-1)
-    tc = t.rows(sl.start, sl.stop)
     lq = _teacher_logprobs(tc, temperature, z.dtype)
     if t.kind == "sparse":
         s, tail = _math.sparse_buckets(z, lse, tc.ids)
@@ -147,7 +195,7 @@ def _kl_chunk(h, w, b, t: Teacher, kind, beta, temperature, sl, row_grad, grads)
     else:
         s = z.sub_(lse[:, None])
         p = s.exp()
-        ent = -(p * s).sum(-1)
+        ent = -_rowdot(p, s)
         loss, g = _math.kind_loss_and_grad(s, lq, kind, beta)
         del lq
         if row_grad is not None:
