@@ -282,75 +282,76 @@ def _cuda_mem(fn) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
+def _cuda_case(n: int, h: int, v: int, reps: int, peak: float) -> dict:
+    """One shape, bf16: triton logprob forward (FLOP rate), and forward + backward time and peak extra
+    memory of triton vs Liger for cross entropy and JSD (live teacher of the same size)."""
+    import torch
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss, LigerFusedLinearJSD
+
+    from slimkit.kernels import LiveTeacher, linear_kl, linear_logprob
+
+    dev = torch.device("cuda")
+    hidden, weight, extra = _make("kl", n, h, v, torch.bfloat16, dev)
+    targets = torch.randint(0, v, (n,), device=dev)
+    teacher = LiveTeacher(extra["th"], extra["tw"])
+    ce_liger, jsd_liger = LigerFusedLinearCrossEntropyLoss(), LigerFusedLinearJSD(jsd_beta=0.5, temperature=1.0)
+    row: dict = dict(n=n, h=h, v=v, dtype="bfloat16")
+
+    def lp_fwd():
+        with torch.no_grad():
+            linear_logprob(hidden, weight, targets, backend="triton")
+
+    t = _cuda_time(lp_fwd, reps)
+    row["triton_logprob_fwd_s"] = t
+    row["triton_logprob_fwd_tflops"] = 2 * n * h * v / t / 1e12
+    row["triton_logprob_fwd_frac_peak"] = row["triton_logprob_fwd_tflops"] / peak
+
+    def run(fn):
+        def step():
+            hidden.grad = weight.grad = None
+            fn().backward()
+        return step
+
+    fns = {
+        "triton_ce": run(lambda: -linear_logprob(hidden, weight, targets, backend="triton").logprob.mean()),
+        "liger_ce": run(lambda: ce_liger(weight, hidden, targets)),
+        "triton_jsd": run(lambda: linear_kl(hidden, weight, teacher, kind="jsd", beta=0.5, reduction="mean",
+                                            backend="triton").loss),
+        "liger_jsd": run(lambda: jsd_liger(hidden, weight, extra["th"], extra["tw"])),
+    }
+    for key, fn in fns.items():
+        try:
+            row[f"{key}_fwd_bwd_s"] = _cuda_time(fn, reps)
+            row[f"{key}_peak_extra_mb"] = _cuda_mem(fn)
+        except torch.cuda.OutOfMemoryError:
+            row[f"{key}_error"] = "out of memory"
+            torch.cuda.empty_cache()
+    return row
+
+
 def run_cuda(args) -> dict:
     import torch
 
     try:
-        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss, LigerFusedLinearJSD
+        import liger_kernel  # noqa: F401
     except ImportError as e:
         sys.exit(f"--device cuda compares with Liger-Kernel, which is not importable ({e}); "
                  "install its wheel (pip install liger-kernel --no-deps) and rerun")
-    from slimkit.kernels import LiveTeacher, linear_kl, linear_logprob
-
-    dev = torch.device("cuda")
-    name = torch.cuda.get_device_name(dev)
+    if not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device visible to torch")
+    name = torch.cuda.get_device_name(0)
     peak = _gpu_peak(name, args.peak_tflops)
-    cases = []
     shapes = [(n, h, v) for v in (32000, 151936) for h in (896, 2048, 4096) for n in (1024, 4096, 16384)]
     if args.grid == "acceptance":
         shapes = [(16384, 4096, 151936)]
+    cases = []
     for n, h, v in shapes:
-        hidden, weight, extra = _make("kl", n, h, v, torch.bfloat16, dev)
-        targets = torch.randint(0, v, (n,), device=dev)
-        row = dict(n=n, h=h, v=v, dtype="bfloat16")
-
-        def lp_fwd():
-            with torch.no_grad():
-                linear_logprob(hidden, weight, targets, backend="triton")
-
-        t = _cuda_time(lp_fwd, args.reps)
-        row["triton_logprob_fwd_s"] = t
-        row["triton_logprob_fwd_tflops"] = 2 * n * h * v / t / 1e12
-        row["triton_logprob_fwd_frac_peak"] = row["triton_logprob_fwd_tflops"] / peak
-
-        def zero():
-            hidden.grad = weight.grad = None
-
-        def ce_ours():
-            zero()
-            (-linear_logprob(hidden, weight, targets, backend="triton").logprob.mean()).backward()
-
-        ce_liger_mod = LigerFusedLinearCrossEntropyLoss()
-
-        def ce_liger():
-            zero()
-            ce_liger_mod(weight, hidden, targets).backward()
-
-        def kl_ours():
-            zero()
-            linear_kl(hidden, weight, LiveTeacher(extra["th"], extra["tw"]), kind="jsd", beta=0.5,
-                      reduction="mean", backend="triton").loss.backward()
-
-        jsd_liger_mod = LigerFusedLinearJSD(jsd_beta=0.5, temperature=1.0)
-
-        def kl_liger():
-            zero()
-            jsd_liger_mod(hidden, weight, extra["th"], extra["tw"]).backward()
-
-        for key, fn in (("triton_ce", ce_ours), ("liger_ce", ce_liger), ("triton_jsd", kl_ours),
-                        ("liger_jsd", kl_liger)):
-            try:
-                row[f"{key}_fwd_bwd_s"] = _cuda_time(fn, args.reps)
-                row[f"{key}_peak_extra_mb"] = _cuda_mem(fn)
-            except torch.cuda.OutOfMemoryError:
-                row[f"{key}_error"] = "out of memory"
-                torch.cuda.empty_cache()
+        row = _cuda_case(n, h, v, args.reps, peak)
         print(json.dumps(row), flush=True)
         cases.append(row)
-        del hidden, weight, extra, targets
         torch.cuda.empty_cache()
     return {"device": "cuda", "machine": {"gpu": name, "peak_bf16_tflops": peak, "torch": torch.__version__},
-            "cases": cases, "bf16_grad_error": bf16_grad_error(dev)}
+            "cases": cases, "bf16_grad_error": bf16_grad_error(torch.device("cuda"))}
 
 
 def bf16_grad_error(dev, n=1024, h=896, v=32000) -> dict:
