@@ -20,7 +20,7 @@ from torch import Tensor
 
 def _mul_where(w: Tensor, x: Tensor) -> Tensor:
     """w * x with 0 * anything = 0 (so that zero-probability teacher entries never give NaN)."""
-    return torch.where(w > 0, w * x, torch.zeros((), dtype=x.dtype, device=x.device))
+    return torch.where(w != 0, w * x, torch.zeros((), dtype=x.dtype, device=x.device))  # NaN stays NaN
 
 
 def kind_loss_and_grad(s: Tensor, lq: Tensor, kind: str, beta: float) -> tuple[Tensor, Tensor]:
