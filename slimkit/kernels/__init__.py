@@ -60,7 +60,17 @@ Shared arguments:
 - backend: "reference" (plain torch, materializes [N, V]; the fp64 test oracle), "chunked" (torch,
   chunks of token rows; the CPU path) or "triton" (CUDA tiles with an online logsumexp; on CPU only
   under TRITON_INTERPRET=1). Default: env SLIMKIT_KERNEL_BACKEND, else triton for CUDA tensors when
-  triton imports, else chunked. Chunk budget: env SLIMKIT_KERNEL_CHUNK_MB (see chunked.chunk_rows).
+  triton imports, else chunked.
+  - chunked: rows per chunk from `chunked.chunk_rows` (the [chunk, V] block about 8x the size of the
+    selected hidden states, >= 32 rows, under env SLIMKIT_KERNEL_CHUNK_MB MiB, default 384); env
+    SLIMKIT_KERNEL_CHUNK_ROWS fixes it. linear_kl with reduction "sum"/"mean" builds its gradients
+    during the forward (one pass over the vocabulary); "none" and linear_logprob keep per-row
+    statistics and recompute the logits in the backward.
+  - triton: the forward never writes logits to memory; the backward recomputes them tile by tile into
+    a [chunk, V] workspace (same chunk rule) that cuBLAS multiplies into the gradients. For a sparse
+    teacher it takes the student's tail mass as 1 - sum of its top-k probabilities (exact to fp32
+    rounding unless the top-k hold nearly all the mass); chunked and reference compute the tail
+    exactly. Accepts float32 / float16 / bfloat16 (no float64).
 - Results are float32 (float64 for float64 inputs); gradients come back in the inputs' dtypes.
 - Bad input (shapes, dtypes, ids out of range, NaN/inf in what was used) raises KernelInputError, a
   slimkit.errors.SlimkitError and a ValueError.
