@@ -14,6 +14,9 @@ from slimkit.kernels import (
     resolve_backend,
 )
 
+# The interpreter evaluates both sides of tl.where on masked lanes (inf - inf there, never stored).
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning",
+                                        "ignore:divide by zero encountered:RuntimeWarning")
 
 def test_live_teacher_equals_its_dense_logprobs_at_any_temperature():
     h, w, b = student(12, 16, 300, seed=1)
