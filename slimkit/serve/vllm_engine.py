@@ -34,7 +34,7 @@ class VllmEngine(Engine):
     max_top_k = MAX_LOGPROBS
 
     def __init__(self, model_dir: str | Path, *, dtype: str = "float32", max_batch: int = 64,
-                 kv_cache_gb: int = 1, enforce_eager: bool = True, **llm_options) -> None:
+                 kv_cache_gb: int = 1, enforce_eager: bool | None = None, **llm_options) -> None:
         # In-process engine core and executor: one process, ~40 s less start-up on a small CPU machine.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gb))
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -43,6 +43,10 @@ class VllmEngine(Engine):
         except ImportError:
             raise SlimkitError("the vllm engine needs vLLM: run it from .venv-vllm "
                                "(make .venv-vllm/.installed; .venv-vllm/bin/python -m slimkit.serve ...)") from None
+        from vllm.platforms import current_platform
+
+        if enforce_eager is None:               # CUDA graphs pay off on GPUs; on CPU they only cost start-up
+            enforce_eager = current_platform.is_cpu()
         self.model_dir = artifacts.check_model_dir(model_dir)
         self.tokenizer = artifacts.load_tokenizer(self.model_dir)
         self.llm = LLM(model=str(self.model_dir), dtype=dtype, seed=0, enable_prefix_caching=True,
