@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: idle threads sleep on a shared CPU
+
 CONFIGS = {
     "all": ["select.method=all"],
     "entropy_top_0.5": ["select.method=entropy_top", "select.ratio=0.5"],

@@ -183,3 +183,15 @@ def test_selection_happens_before_the_lm_head_runs_with_gradients(pair, tmp_path
     assert len(scored) == len(trained) == 1
     assert scored[0][2] is None  # scores: every token, without gradients
     assert trained[0][2] == rec["kept"] < 0.2 * rec["tokens"] + 1  # gradients: the kept rows only
+
+
+def test_bf16_autocast_and_bf16_teacher_train(pair, tmp_path):
+    cfg = load_recipe(None, overrides(pair, tmp_path / "r", "train.dtype=bfloat16", "rollout.source=student",
+                                      "select.method=entropy_sample"))
+    d = Distiller(cfg)
+    assert next(d.teacher.parameters()).dtype == torch.bfloat16
+    assert next(d.student.parameters()).dtype == torch.float32  # fp32 master weights
+    before = _weights(d.student)
+    rec = d.train_step()
+    assert rec["loss"] > 0 and rec["grad_norm"] > 0
+    assert any(not torch.equal(before[k], v) for k, v in d.student.state_dict().items())
