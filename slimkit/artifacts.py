@@ -177,8 +177,9 @@ def load(path: str | os.PathLike, *, dtype=None, device: str = "cpu", with_token
     p = check_model_dir(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(p, dtype=dtype or torch.float32)
-    except (OSError, ValueError, KeyError) as e:
-        raise ArtifactError(f"cannot load model from {p}: {e}") from None
+    except Exception as e:  # transformers/safetensors raise many types for a broken dir
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ArtifactError(f"cannot load model from {p}: {first}") from None
     model.to(device).eval()
     tok = load_tokenizer(p) if with_tokenizer else None
     return model, tok

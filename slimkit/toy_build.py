@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 TEACHER = {"hidden": 128, "layers": 4, "heads": 4, "kv_heads": 2, "head_dim": 32, "intermediate": 512}
-STUDENT = {"hidden": 64, "layers": 2, "heads": 2, "kv_heads": 2, "head_dim": 32, "intermediate": 256}
-TEACHER_STEPS = 1200
-STUDENT_STEPS = 300
+STUDENT = {"hidden": 128, "layers": 2, "heads": 4, "kv_heads": 2, "head_dim": 32, "intermediate": 256}
+TEACHER_STEPS = 1600
+STUDENT_STEPS = 600
 WEIGHTS = {"arith": 0.75, "jobs": 0.25}
 TRAIN_SIZES = {"arith": 50000, "jobs": 20000}
 EVAL_N = {"arith": 600, "jobs": 600}
