@@ -44,6 +44,9 @@ class ScorerService(pb_grpc.ScorerServicer):
         self.template = template or PromptTemplate()
         self.tok = engine.tokenizer
         self._lock = threading.Lock()
+        self.template.split(self.tok, "q", "i")            # a bad template fails here, not per request
+        if self.template.item_first_text is not None:
+            self.template.split(self.tok, "q", "i", item_first=True)
 
     def _abort_bad(self, context: grpc.ServicerContext, e: RequestError):
         log.info("invalid request: %s", e)
@@ -61,13 +64,13 @@ class ScorerService(pb_grpc.ScorerServicer):
             check_score_job(job, self.engine)
         except RequestError as e:
             self._abort_bad(context, e)
-        t0 = time.perf_counter()
         try:
             with self._lock:
+                t0 = time.perf_counter()
                 (label_lp,) = self.engine.score([job])
+                seconds = time.perf_counter() - t0
         except RequestError as e:
             self._abort_bad(context, e)
-        seconds = time.perf_counter() - t0
         scores = item_scores(label_lp, norm)
         return pb.ScoreResponse(
             scores=[pb.ItemScore(score=float(s), label_logprobs=[float(x) for x in row])

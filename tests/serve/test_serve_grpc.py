@@ -13,7 +13,7 @@ from serve_data import ITEMS, QUERY
 
 from slimkit.serve._proto import scorer_pb2 as pb
 from slimkit.serve._proto import scorer_pb2_grpc as pb_grpc
-from slimkit.serve.client import AsyncScorerClient, ScorerError
+from slimkit.serve.client import AsyncScorerClient, ScorerClient, ScorerError
 from slimkit.serve.prompt import PromptTemplate, make_job
 
 
@@ -124,3 +124,29 @@ def test_async_client_concurrent_requests(torch_server):
     assert info.engine == "torch"
     for i, r in enumerate(outs):                       # rotated items, same per-item scores
         np.testing.assert_allclose(np.roll(r.scores, i), outs[0].scores, atol=1e-5)
+
+
+def test_bad_template_fails_at_start(torch_engine):
+    from slimkit.errors import SlimkitError
+    from slimkit.serve.server import make_server
+
+    with pytest.raises(SlimkitError, match=r"\{item\} exactly once"):
+        make_server(torch_engine, "127.0.0.1:0", template=PromptTemplate("Query: {query}", None))
+    with pytest.raises(SlimkitError, match="puts the item first"):
+        make_server(torch_engine, "127.0.0.1:0", template=PromptTemplate("{item} then {query}", None))
+
+
+def test_custom_template_without_item_first(torch_engine):
+    from slimkit.serve.server import make_server
+
+    server, port = make_server(torch_engine, "127.0.0.1:0",
+                               template=PromptTemplate("Q: {query}\nDoc: {item}\nRelevant?", None, chat=False))
+    try:
+        with ScorerClient(f"127.0.0.1:{port}") as c:
+            assert "Doc: {item}" in c.model_info().template and not c.model_info().chat_template
+            assert len(c.score(QUERY, ITEMS).scores) == len(ITEMS)
+            with pytest.raises(ScorerError, match="no item-first template") as e:
+                c.score(QUERY, ITEMS, item_first=True)
+            assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        server.stop(0).wait()
