@@ -138,7 +138,7 @@ class StudentSource:
         self.tok, self.prompts, self.cfg = tok, prompts, cfg
 
     @torch.no_grad()
-    def get(self, indices: Sequence[int], *, model, seed: int) -> list[Rollout]:
+    def get(self, indices: Sequence[int], *, model, seed: int, **_) -> list[Rollout]:
         from slimkit.tasks.generate import generate
 
         was_training = model.training
@@ -149,3 +149,56 @@ class StudentSource:
         model.train(was_training)
         return [Rollout(list(c.prompt_ids), list(c.token_ids), i) for i, cs in zip(indices, outs, strict=True)
                 for c in cs]
+
+
+class VllmStudentSource(StudentSource):
+    """On-policy rollouts from vLLM (run from `.venv-vllm`), in-process, with the student's current
+    weights pushed into the engine every `rollout.refresh_every` steps (`load_weights` on the engine's
+    model; the prefix cache is reset so no stale KV is reused)."""
+
+    def __init__(self, tok, prompts: list[str], cfg: RolloutConfig, model_dir: Path, *, seed: int = 0,
+                 kv_cache_gb: int = 1):
+        super().__init__(tok, prompts, cfg)
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gb))
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        try:
+            from vllm import LLM
+        except ImportError:
+            raise SlimkitError("rollout.engine=vllm needs vLLM: run from .venv-vllm "
+                               "(.venv-vllm/bin/slimkit distill ...), or use rollout.engine=hf") from None
+        self.llm = LLM(model=str(model_dir), dtype="float32", seed=seed, enforce_eager=True,
+                       distributed_executor_backend="uni", max_num_seqs=max(cfg.batch_size, cfg.samples))
+        self.prompt_ids = [_ids(tok, p) for p in prompts]
+        self.pushed_step: int | None = None
+
+    def refresh(self, model) -> None:
+        from vllm.model_executor.model_loader.reload import (
+            finalize_layerwise_reload,
+            initialize_layerwise_reload,
+        )
+
+        weights = [(k, v.detach().to("cpu", torch.float32)) for k, v in model.state_dict().items()]
+        model_config = self.llm.llm_engine.model_config
+
+        def load(m) -> None:  # vLLM's own reload path: loaders restored, post-load processing redone
+            initialize_layerwise_reload(m)
+            m.load_weights(iter(weights))
+            finalize_layerwise_reload(m, model_config)
+
+        self.llm.apply_model(load)
+        self.llm.reset_prefix_cache()
+
+    def get(self, indices: Sequence[int], *, model, seed: int, step: int = 0) -> list[Rollout]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if self.pushed_step is None or step - self.pushed_step >= self.cfg.refresh_every:
+            self.refresh(model)
+            self.pushed_step = step
+        params = SamplingParams(n=self.cfg.samples, temperature=self.cfg.temperature,
+                                max_tokens=self.cfg.max_new_tokens, stop=self.cfg.stop or None, seed=seed,
+                                include_stop_str_in_output=True, detokenize=bool(self.cfg.stop))
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=self.prompt_ids[i]) for i in indices], params,
+                                 use_tqdm=False)
+        return [Rollout(list(self.prompt_ids[i]), list(c.token_ids), i) for i, o in zip(indices, outs, strict=True)
+                for c in o.outputs]

@@ -162,7 +162,9 @@ class Distiller:
         r = self.cfg.rollout
         if r.source == "student":
             if r.engine == "vllm":
-                raise SlimkitError("rollout.engine=vllm is not available in this build; use rollout.engine=hf")
+                from slimkit.compress.distill.rollouts import VllmStudentSource
+
+                return VllmStudentSource(self.tok, self.prompts, r, self.student_dir, seed=self.cfg.train.seed)
             return StudentSource(self.tok, self.prompts, r)
         if r.source == "dataset":
             from slimkit.tasks import training_text
@@ -266,7 +268,7 @@ class Distiller:
         t0 = time.perf_counter()
         idx = step_indices(self.step, len(self.examples), cfg.train.prompts_per_step, cfg.train.seed)
         idx = idx[env.rank :: env.world]
-        rollouts = self.source.get(idx, model=self.student, seed=self._seed(self.step, env.rank, -1))
+        rollouts = self.source.get(idx, model=self.student, seed=self._seed(self.step, env.rank, -1), step=self.step)
         t1 = time.perf_counter()
         self.opt.zero_grad(set_to_none=True)
         sums: dict[str, float] = defaultdict(float)
