@@ -1,10 +1,11 @@
-"""Scorer benchmarks (torch engine). Results go to benchmarks/results/serve[-WORKLOAD-DEVICE].{json,md}.
+"""Scorer benchmarks. Results go to benchmarks/results/serve[-...].{json,md}.
 
 --workload prefix (CPU acceptance): 1 query (~300 tokens) x 100 items (~50 tokens). Items/s with
 shared-prefix KV reuse vs scoring each concatenation separately (same engine object, same batch size,
 same process, runs interleaved; median of --repeats). The scores of both paths are compared too.
 
     .venv/bin/python benchmarks/serve.py --workload prefix
+    .venv/bin/python benchmarks/serve.py --workload prefix --engine onnxruntime [--int8]   # needs .venv-onnx
 
 --workload latency (GPU acceptance; runs on CPU too, with a small model): a real gRPC server in this
 process, C client threads sending requests back-to-back for --seconds each, per concurrency level:
@@ -66,7 +67,7 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads{load}"
 
 
-def load_engine(args) -> tuple[TorchEngine, str]:
+def load_engine(args):
     if args.shape == "qwen3-0.6b":
         from transformers import Qwen3Config, Qwen3ForCausalLM
 
@@ -83,14 +84,22 @@ def load_engine(args) -> tuple[TorchEngine, str]:
     from slimkit import toy
 
     if toy.is_built() and not args.random:
-        path = toy.default_dir() / "teacher"
-        return TorchEngine(path, max_batch=args.max_batch), f"toy teacher ({path})"
-    path = Path(tempfile.mkdtemp()) / "model"
-    toy.make_tiny_model_dir(path, hidden=128, layers=4, heads=4, kv_heads=2, head_dim=32, intermediate=512)
-    return TorchEngine(path, max_batch=args.max_batch), "random-init Qwen3 (hidden 128, 4 layers, MLP 512; toy teacher's shape)"
+        path, model = toy.default_dir() / "teacher", f"toy teacher ({toy.default_dir() / 'teacher'})"
+    else:
+        path = Path(tempfile.mkdtemp()) / "model"
+        toy.make_tiny_model_dir(path, hidden=128, layers=4, heads=4, kv_heads=2, head_dim=32, intermediate=512)
+        model = "random-init Qwen3 (hidden 128, 4 layers, MLP 512; toy teacher's shape)"
+    if args.engine == "onnxruntime":
+        from slimkit.serve.onnx_engine import OnnxEngine
+        from slimkit.serve.onnx_export import export
+
+        out = export(path, Path(tempfile.mkdtemp()) / "onnx", int8=args.int8)
+        kind = "int8" if args.int8 else "fp32"
+        return OnnxEngine(out, max_batch=args.max_batch, threads=args.threads), f"{model}, ONNX {kind}"
+    return TorchEngine(path, max_batch=args.max_batch), model
 
 
-def bench_prefix(engine: TorchEngine, args) -> dict:
+def bench_prefix(engine, args) -> dict:
     tok = engine.tokenizer
     query = text_of_tokens(tok, args.query_tokens, 0)
     items = [text_of_tokens(tok, args.item_tokens, 1 + i) for i in range(args.items)]
@@ -184,7 +193,8 @@ def write(name: str, record: dict) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
     r, lines = record["result"], [f"# Scorer benchmark: {record['workload']}", "",
                                   f"- command: `{record['command']}`", f"- machine: {record['machine']}",
-                                  f"- model: {record['model']}", f"- date: {record['date']}", ""]
+                                  f"- engine: {record['engine']}, model: {record['model']}",
+                                  f"- date: {record['date']}", ""]
     if record["workload"] == "prefix":
         lines += ["| path | items/s |", "|---|---|",
                   f"| shared prefix (KV cache reused) | {r['shared_prefix_items_per_s']:.1f} |",
@@ -210,6 +220,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="slimkit scorer benchmarks")
     ap.add_argument("--workload", choices=["prefix", "latency"], default="prefix")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--engine", choices=["torch", "onnxruntime"], default="torch",
+                    help="onnxruntime: the model exported with .venv-onnx (prefix workload, CPU)")
+    ap.add_argument("--int8", action="store_true", help="onnxruntime: dynamic int8 export")
     ap.add_argument("--shape", choices=["toy", "qwen3-0.6b"], default=None,
                     help="model: the toy teacher (or a random model of its shape), or a random-init model of "
                          "Qwen3-0.6B's shape; default toy on cpu, qwen3-0.6b on cuda")
@@ -237,16 +250,20 @@ def main() -> None:
     args.items = args.items or (100 if prefix else 10)
     args.shape = args.shape or ("qwen3-0.6b" if args.device == "cuda" else "toy")
     args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
+    if args.engine != "torch" and (args.device != "cpu" or not prefix):
+        sys.exit("--engine onnxruntime: prefix workload on CPU only")
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device here")
     torch.set_num_threads(args.threads)
     engine, model = load_engine(args)
     with torch.inference_mode():
         result = bench_prefix(engine, args) if prefix else bench_latency(engine, args)
-    record = {"workload": args.workload, "command": "python benchmarks/serve.py " + " ".join(sys.argv[1:]),
+    record = {"workload": args.workload, "engine": args.engine, "command": "python benchmarks/serve.py " + " ".join(sys.argv[1:]),
               "machine": machine(), "model": model, "device": args.device, "dtype": engine.dtype,
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "result": result}
     name = args.out or ("serve" if prefix and args.device == "cpu" else f"serve-{args.workload}-{args.device}")
+    if args.engine != "torch" and not args.out:
+        name = f"serve-{args.engine}" + ("-int8" if args.int8 else "")
     write(name, record)
     print(json.dumps(record["result"], indent=2))
 

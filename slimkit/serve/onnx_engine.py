@@ -6,6 +6,11 @@ from the prefix length and an attention mask over prefix + item. The exported gr
 every input position (optimum's text-generation export has no last-position-only output), so only
 the items' tokens, not the prefix, pay for the LM head; label log-probs are taken at each item's last
 token in float64.
+
+fp32 exports give the same scores with or without prefix sharing and in any batch. int8 exports
+(dynamic quantization) do not: onnxruntime picks each activation tensor's int8 scale from that
+tensor's range, i.e. from the whole batch, so an int8 score moves (~1e-2) with the batch makeup. Use
+`max_batch=1, share_prefix=False` where int8 scores must be reproducible per item.
 """
 
 from __future__ import annotations
