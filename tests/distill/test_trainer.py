@@ -30,6 +30,12 @@ def test_gradient_accumulation_equals_one_big_batch(pair, tmp_path):
     (big, gb, wb, d), (small, gs, ws, _) = runs[4], runs[1]
     for a, b in zip(big, small, strict=True):
         assert a["tokens"] == b["tokens"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    cfg = load_recipe(None, overrides(pair, tmp_path / "ckpt", "train.gradient_checkpointing=true",
+                                      "optim.grad_clip=null"))
+    d2 = Distiller(cfg)
+    d2.train_step()
+    for n, p in d2.student.named_parameters():  # activation checkpointing: same gradient
+        torch.testing.assert_close(p.grad, gb[n], rtol=1e-4, atol=1e-7)
     assert gb.keys() == gs.keys()
     for k in gb:  # the update of step 1: same gradient (normalized by the step's token count)
         torch.testing.assert_close(gb[k], gs[k], rtol=1e-4, atol=1e-7)

@@ -97,6 +97,7 @@ class TrainConfig(StageConfig):
     seed: int = 0
     dtype: Literal["float32", "bfloat16"] = "float32"
     teacher_dtype: Literal["float32", "bfloat16"] | None = None
+    gradient_checkpointing: bool = Field(False, description="recompute the student body's activations in backward")
     device: str = "auto"
     threads: int | None = Field(None, ge=1)
     checkpoint_every: int = Field(50, ge=0, description="0: only at the end and on SIGTERM")

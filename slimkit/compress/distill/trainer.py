@@ -137,6 +137,8 @@ class Distiller:
         random.seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
         self.student.train()
+        if cfg.train.gradient_checkpointing:
+            self.student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model: torch.nn.Module = Body(self.student)
         if self.env.ddp:
             from torch.nn.parallel import DistributedDataParallel as DDP
