@@ -24,10 +24,16 @@ from slimkit.kernels.chunked import chunk_rows
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _blocks(n_vocab: int) -> dict:
+def _blocks(n_vocab: int, teacher: bool = False) -> dict:
+    """Tile sizes. Not autotuned (no GPU was at hand when this was written): a common bf16 matmul
+    configuration, half the rows when a live teacher's tile shares the registers. Env
+    SLIMKIT_TRITON_BLOCKS="BN,BV,BK,num_warps,num_stages" overrides it for tuning."""
     if _INTERPRET:  # numpy does the work: few, large programs are fastest
         return {"BN": 32, "BV": 256 if n_vocab >= 4096 else 128, "BK": 32}
-    return {"BN": 64, "BV": 128, "BK": 64, "num_warps": 8, "num_stages": 3}
+    if os.environ.get("SLIMKIT_TRITON_BLOCKS"):
+        bn, bv, bk, warps, stages = (int(x) for x in os.environ["SLIMKIT_TRITON_BLOCKS"].split(","))
+        return {"BN": bn, "BV": bv, "BK": bk, "num_warps": warps, "num_stages": stages}
+    return {"BN": 64 if teacher else 128, "BV": 128, "BK": 64, "num_warps": 8, "num_stages": 3}
 
 
 def _precision(x: Tensor) -> str:
@@ -59,7 +65,7 @@ def _stats(h, w, b, temperature, targets=None, teacher=None, kl_mode=tk.KL_NONE)
     f = dict(dtype=torch.float32, device=h.device)
     out = {k: torch.empty(n, **f) for k in ("lse", "ez", "zt", "tlse", "kl")}
     ta = _teacher_args(teacher, h)
-    cfg = _blocks(v)
+    cfg = _blocks(v, ta["TEACHER"] != tk.T_NONE)
     grid = (tk.cdiv(n, cfg["BN"]),)
     tk.stats_kernel[grid](
         h, w, h if b is None else b, h if targets is None else targets,
@@ -75,7 +81,7 @@ def _jsd(h, w, b, temperature, teacher, lse, tlse, beta):
     n, hsize = h.shape
     loss, klpm = torch.empty_like(lse), torch.empty_like(lse)
     ta = _teacher_args(teacher, h)
-    cfg = _blocks(w.shape[0])
+    cfg = _blocks(w.shape[0], True)
     tk.jsd_kernel[(tk.cdiv(n, cfg["BN"]),)](
         h, w, h if b is None else b, ta["th"], ta["tw"], ta["tb"], ta["tlp"], lse, tlse, loss, klpm, n,
         1.0 / temperature, math.log(beta), math.log1p(-beta), beta,
@@ -94,7 +100,7 @@ def _backward(h, w, b, temperature, needs, mode, lse, c0, c1, teacher=None, tlse
     dw = torch.zeros(w.shape, dtype=acc, device=w.device) if needs[1] else None
     db = torch.zeros(v, dtype=acc, device=w.device) if b is not None and needs[2] else None
     ta = _teacher_args(teacher, h)
-    cfg = _blocks(v)
+    cfg = _blocks(v, ta["TEACHER"] != tk.T_NONE)
     work_dtype = torch.float32 if h.dtype == torch.float32 else h.dtype
     chunk = chunk_rows(n, hsize, v)
     inv_t = 1.0 / temperature
