@@ -95,6 +95,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1, help="measured steps (after a tiny warmup step)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--configs", default="all,entropy_top r=0.5,entropy_top r=0.25,quadrant Q3")
+    ap.add_argument("--backend", default="chunked", choices=["chunked", "reference"],
+                    help="kernel backend: chunked (fused, no [N, V] logits) or reference (materializes them)")
     ap.add_argument("--out", default="benchmarks/results/distill_memory")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--models", help=argparse.SUPPRESS)
@@ -110,7 +112,8 @@ def main() -> None:
                 f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
                 if k in ("seqs", "seq_len", "steps", "threads")]
             t0 = time.time()
-            p = subprocess.run(cmd, capture_output=True, text=True)
+            env = {**os.environ, "SLIMKIT_KERNEL_BACKEND": args.backend}
+            p = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if p.returncode:
                 sys.exit(f"{name} failed:\n{p.stderr[-3000:]}")
             line = next(x for x in p.stdout.splitlines() if x.startswith("RESULT "))
@@ -127,14 +130,14 @@ def main() -> None:
                      "step_s": last["step_s"], "first_step_peak_mb": recs[0]["peak_mem_mb"],
                      "mem_method": last["mem_method"]})
     meta = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": platform.platform(),
-            "cpu_threads": args.threads, "shape": {k: getattr(args, k) for k in (
+            "cpu_threads": args.threads, "kernel_backend": args.backend, "shape": {k: getattr(args, k) for k in (
                 "student_hidden", "teacher_hidden", "vocab", "layers", "seqs", "seq_len")},
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
     md = [f"# Distillation step memory vs token selection\n\n`{meta['command']}`  \n{meta['machine']}, "
-          f"{args.threads} threads, {meta['time']}  \nshape: {meta['shape']}\n",
+          f"{args.threads} threads, kernel backend {args.backend}, {meta['time']}  \nshape: {meta['shape']}\n",
           "| selector | kept | peak MiB (last step) | vs all (same ckpt) | step s | peak MiB first step |", "|---|---|---|---|---|---|"]
     for r in rows:
         vs = f"{r['peak_vs_all']:.2f}x" if r["peak_vs_all"] is not None else ""
