@@ -40,7 +40,11 @@ def main() -> None:
     ap.add_argument("--runs", default="runs/distill_accuracy")
     ap.add_argument("--test-n", type=int, default=600)
     ap.add_argument("--out", default="benchmarks/results/distill_accuracy")
+    ap.add_argument("--q3-divergence-quantile", type=float, default=0.5,
+                    help="Q3 = entropy below its median and divergence above this quantile")
+    ap.add_argument("--reuse", action="store_true", help="skip runs whose student already exists")
     args = ap.parse_args()
+    CONFIGS["q3"] = [*CONFIGS["q3"], f"select.divergence_threshold={args.q3_divergence_quantile}"]
 
     import torch
 
@@ -58,10 +62,14 @@ def main() -> None:
         cmd = [sys.executable, "-m", "slimkit.cli", "distill", args.recipe] + [a for s in sets for a in ("--set", s)]
         print(" ".join(cmd), flush=True)
         t0 = time.time()
-        p = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True)
-        wall = time.time() - t0
-        if p.returncode:
-            sys.exit(f"{name} failed:\n{p.stderr[-3000:]}")
+        if args.reuse and (out / "student" / "slimkit.json").is_file():
+            wall = json.loads((out / "wall.json").read_text())["wall_s"]
+        else:
+            p = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True)
+            wall = time.time() - t0
+            if p.returncode:
+                sys.exit(f"{name} failed:\n{p.stderr[-3000:]}")
+            (out / "wall.json").write_text(json.dumps({"wall_s": wall, "cmd": cmd}) + "\n")
         recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
         steps = [r for r in recs if "loss" in r]
         evals = [(r["step"], r["eval_acc"]) for r in recs if "eval_acc" in r]
