@@ -61,7 +61,7 @@ Shared arguments:
   chunks of token rows; the CPU path) or "triton" (CUDA tiles with an online logsumexp; on CPU only
   under TRITON_INTERPRET=1). Default: env SLIMKIT_KERNEL_BACKEND, else triton for CUDA tensors when
   triton imports, else chunked.
-  - chunked: rows per chunk from `chunked.chunk_rows` (the [chunk, V] block about 8x the size of the
+  - chunked: rows per chunk from `chunked.chunk_rows` (the [chunk, V] block about 12x the size of the
     selected hidden states, >= 32 rows, under env SLIMKIT_KERNEL_CHUNK_MB MiB, default 384); env
     SLIMKIT_KERNEL_CHUNK_ROWS fixes it. linear_kl with reduction "sum"/"mean" builds its gradients
     during the forward (one pass over the vocabulary); "none" and linear_logprob keep per-row

@@ -22,11 +22,11 @@ from slimkit.kernels import _math
 from slimkit.kernels._teacher import Teacher
 
 # How many [chunk, V] fp32 temporaries one chunk holds at once (logits, log-probs, probs, teacher, grads).
-_TEMPS = 5
+_TEMPS = 4
 
 
 def chunk_rows(n: int, hidden: int, vocab: int, budget_mb: float | None = None) -> int:
-    """Rows per chunk: the [chunk, V] block holds about 8x as many numbers as the hidden states [N, H]
+    """Rows per chunk: the [chunk, V] block holds about 12x as many numbers as the hidden states [N, H]
     (so the workspace is O(N * H) like the inputs and shrinks with `rows`, as in Liger-Kernel), at least
     32 rows (smaller matmuls waste the CPU), and its fp32 temporaries stay under `budget_mb` MiB
     (default: env SLIMKIT_KERNEL_CHUNK_MB, else 384). Env SLIMKIT_KERNEL_CHUNK_ROWS fixes the rows
@@ -36,7 +36,7 @@ def chunk_rows(n: int, hidden: int, vocab: int, budget_mb: float | None = None) 
     if budget_mb is None:
         budget_mb = float(os.environ.get("SLIMKIT_KERNEL_CHUNK_MB", "384"))
     cap = max(1, int(budget_mb * 2**20 // (_TEMPS * 4 * vocab)))
-    rows = max(32, math.ceil(8 * n * hidden / vocab))
+    rows = max(32, math.ceil(12 * n * hidden / vocab))
     return max(1, min(n, rows, cap))
 
 
@@ -152,15 +152,18 @@ def _softmax_(z: Tensor) -> tuple[Tensor, Tensor]:
 
 def _kl_chunk_live(h, w, b, tc: Teacher, kind, temperature, sl, row_grad, grads):
     """Forward / reverse KL against a live teacher: no -inf anywhere, so fewer passes and temporaries
-    (about 4 [chunk, V] blocks: student log-probs and probs, teacher log-probs and probs)."""
-    s = _logits(h[sl], w, b, temperature)
-    p, _ = _softmax_(s)
-    ent = -_rowdot(p, s)
+    (at most 3 [chunk, V] blocks for forward KL, 4 for reverse)."""
     lq = _logits(tc.hidden, tc.weight, tc.bias, temperature)
     q, _ = _softmax_(lq)
     if kind == "forward":  # sum q (lq - s); dz = p - q
-        loss = _rowdot(q, lq) - _rowdot(q, s)
-        del lq, s
+        q_lq = _rowdot(q, lq)
+        del lq
+    s = _logits(h[sl], w, b, temperature)
+    p, _ = _softmax_(s)
+    ent = -_rowdot(p, s)
+    if kind == "forward":
+        loss = q_lq - _rowdot(q, s)
+        del s
         dz = p.sub_(q) if row_grad is not None else None
     else:  # sum p (s - lq); dz = p (s - lq - kl)
         del q
