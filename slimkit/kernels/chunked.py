@@ -21,7 +21,8 @@ from torch import Tensor
 from slimkit.kernels import _math
 from slimkit.kernels._teacher import Teacher
 
-# How many [chunk, V] fp32 temporaries one chunk holds at once (logits, log-probs, probs, teacher, grads).
+# How many [chunk, V] fp32 temporaries one chunk holds at once: 3-4 on the live-teacher forward / reverse
+# KL path (the common one); the general path (dense / sparse teacher, JSD, logprob) holds a few more.
 _TEMPS = 4
 
 
@@ -244,11 +245,12 @@ class _KLEagerFn(torch.autograd.Function):
     """loss = sum_i weights_i * kl_i; gradients built in the forward, scaled in the backward."""
 
     @staticmethod
-    def forward(ctx, h, w, b, teacher, kind, beta, temperature, chunk, weights):
+    def forward(ctx, h, w, b, teacher, kind, beta, temperature, chunk, weights, grad_enabled):
         n = h.shape[0]
         kl = torch.empty(n, dtype=_dtype(h), device=h.device)
         ent = torch.empty_like(kl)
-        needs = ctx.needs_input_grad[:3]
+        # needs_input_grad stays True under torch.no_grad(): don't build gradients nobody will use.
+        needs = tuple(grad_enabled and x for x in ctx.needs_input_grad[:3])
         grads = _grad_buffers(h, w, b, needs) if any(needs) else None
         weights = weights.to(kl.dtype)
         for i in range(0, n, chunk):
@@ -264,7 +266,7 @@ class _KLEagerFn(torch.autograd.Function):
     def backward(ctx, g_loss, _g_kl, _g_ent):
         grads = tuple(None if g is None else g * g_loss.to(g.dtype) for g in ctx.grads)
         ctx.grads = None
-        return *grads, None, None, None, None, None, None
+        return *grads, None, None, None, None, None, None, None
 
 
 def kl(h: Tensor, w: Tensor, b: Tensor | None, teacher: Teacher, kind: str, beta: float,
@@ -272,4 +274,4 @@ def kl(h: Tensor, w: Tensor, b: Tensor | None, teacher: Teacher, kind: str, beta
     chunk = chunk or chunk_rows(h.shape[0], h.shape[1], w.shape[0])
     if weights is None:
         return _KLRecomputeFn.apply(h, w, b, teacher, kind, beta, temperature, chunk)
-    return _KLEagerFn.apply(h, w, b, teacher, kind, beta, temperature, chunk, weights)
+    return _KLEagerFn.apply(h, w, b, teacher, kind, beta, temperature, chunk, weights, torch.is_grad_enabled())

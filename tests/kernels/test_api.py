@@ -182,3 +182,19 @@ def test_bad_input_raises_on_triton(case, monkeypatch):
     call, msg = _bad_calls()[case]
     with pytest.raises(KernelInputError, match=msg):
         call()
+
+
+def test_no_grad_call_builds_no_gradients(monkeypatch):
+    from slimkit.kernels import chunked
+
+    calls = []
+    real = chunked._add_grads
+    monkeypatch.setattr(chunked, "_add_grads", lambda *a: calls.append(1) or real(*a))
+    h, w, _ = student(8, 16, 100, seed=10)
+    h.requires_grad_()
+    tch = teacher("live", 8, 100, 100, 10)[0]
+    with torch.no_grad():
+        out = linear_kl(h, w, tch, backend="chunked")
+    assert not calls and not out.loss.requires_grad
+    linear_kl(h, w, tch, backend="chunked").loss.backward()
+    assert calls and h.grad is not None
