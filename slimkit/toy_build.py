@@ -18,8 +18,10 @@ from typing import Any
 TEACHER = {"hidden": 128, "layers": 4, "heads": 4, "kv_heads": 2, "head_dim": 32, "intermediate": 512}
 STUDENT = {"hidden": 128, "layers": 2, "heads": 4, "kv_heads": 2, "head_dim": 32, "intermediate": 256}
 TEACHER_STEPS = 1600
-STUDENT_STEPS = 600
-WEIGHTS = {"arith": 0.75, "jobs": 0.25}
+STUDENT_STEPS = 1000  # at most; the student stops once it reaches STUDENT_STOP on validation
+STUDENT_STOP = 0.30  # validation arith accuracy, checked every STUDENT_CHECK steps (deterministic)
+STUDENT_CHECK = 100
+WEIGHTS = {"arith": 0.7, "jobs": 0.3}
 TRAIN_SIZES = {"arith": 50000, "jobs": 20000}
 EVAL_N = {"arith": 600, "jobs": 600}
 
@@ -45,6 +47,21 @@ def _eval_all(model, tok, eval_n: dict[str, int]) -> dict[str, Any]:
 
     return {task: evaluate(model, tok, task, split="test", n=n, progress=True, description=f"  eval {task}")
             for task, n in eval_n.items()}
+
+
+def _stop_at(model, tok, target: float, every: int, n: int = 200):
+    """on_step callback: every `every` steps, stop once validation arith accuracy reaches `target`."""
+    from slimkit.tasks.eval import evaluate
+
+    def check(step: int) -> bool:
+        if step % every:
+            return False
+        model.eval()
+        acc = evaluate(model, tok, "arith", split="validation", n=n)["accuracy"]
+        model.train()
+        return acc >= target
+
+    return check
 
 
 class _Terminated(Exception):
@@ -90,12 +107,14 @@ def build(root: str | os.PathLike, *, scale: float | None = None, eval_n: dict[s
                 model = toy.new_model(tok, seed=seed, **shape)
                 params = sum(p.numel() for p in model.parameters())
                 console.print(f"[bold]{name}[/]: Qwen3 {shape}, {params / 1e6:.2f}M parameters, {cfg.steps} steps")
-                stats = train(model, tok, data, WEIGHTS, cfg, description=f"  train {name}")
+                stop = _stop_at(model, tok, STUDENT_STOP, max(1, round(STUDENT_CHECK * scale)),
+                                n=min(200, eval_n.get("arith", 200))) if name == "student" else None
+                stats = train(model, tok, data, WEIGHTS, cfg, description=f"  train {name}", on_step=stop)
                 metrics = _eval_all(model, tok, eval_n)
                 metrics["train"] = stats
                 recipe = {"shape": shape, "sft": vars(cfg), "weights": WEIGHTS, "train_sizes": TRAIN_SIZES}
                 artifacts.save(model, tok, tmp / name, stage=f"toy-{name}", recipe=recipe, metrics=metrics)
-                record["models"][name] = {"params": params, "shape": shape, "steps": cfg.steps,
+                record["models"][name] = {"params": params, "shape": shape, "steps": stats["steps"],
                                           "train_seconds": stats["seconds"],
                                           "train_tokens_per_s": stats["tokens_per_s"],
                                           "arith": metrics["arith"], "jobs": metrics["jobs"]}

@@ -1,7 +1,7 @@
 """`arith`: multi-step arithmetic with a chain of thought, in a verbose and a concise style.
 
-Level = number of operators (1-3). Numbers are 0-99 for + and -, single digits (2-9) around x;
-products are worked first, then + and - left to right; no intermediate result is negative.
+Level = number of operators (1-3). Numbers have 1 or 2 digits (equally likely) for + and -, single digits (2-9) around x;
+products are worked first, then + and - left to right; every intermediate result is in 0..99.
 The concise style is selected by the instruction "Be concise." in the prompt; the final line of
 every answer is "Answer: N", which the verifier extracts.
 
@@ -19,6 +19,7 @@ from slimkit.tasks.base import Example, Task
 
 CONCISE = "Be concise."
 LEVELS = (1, 2, 3)
+MAX_VALUE = 99  # every intermediate result stays within 0..99
 _ANSWER = re.compile(r"Answer:\s*(-?\d+)\s*$")
 
 
@@ -35,12 +36,17 @@ def _ops(rng: random.Random, level: int) -> list[str]:
             return ops
 
 
+def _number(rng: random.Random) -> int:
+    """A 1- or 2-digit operand, each length equally likely (so 0-9 is as common as 10-99)."""
+    return rng.randint(0, 9) if rng.random() < 0.5 else rng.randint(10, 99)
+
+
 def _expr(tokens: list) -> str:
     return " ".join(str(t) for t in tokens)
 
 
 def solve(tokens: list) -> list[tuple[list, str, list]] | None:
-    """Steps (expression before, step text "a op b = c", expression after); None if a result is < 0."""
+    """Steps (expression before, step text "a op b = c", expression after); None if a result leaves 0..99."""
     steps = []
     cur = list(tokens)
     for pass_ops in ("*", "+-"):
@@ -49,7 +55,7 @@ def solve(tokens: list) -> list[tuple[list, str, list]] | None:
             if cur[i] in pass_ops:
                 a, op, b = cur[i - 1], cur[i], cur[i + 1]
                 c = a * b if op == "*" else a + b if op == "+" else a - b
-                if c < 0:
+                if c < 0 or c > MAX_VALUE:
                     return None
                 before = cur
                 cur = cur[: i - 1] + [c] + cur[i + 2:]
@@ -84,7 +90,7 @@ class Arith(Task):
             nums = []
             for i in range(level + 1):
                 near_mul = (i > 0 and ops[i - 1] == "*") or (i < level and ops[i] == "*")
-                nums.append(rng.randint(2, 9) if near_mul else rng.randint(0, 99))
+                nums.append(rng.randint(2, 9) if near_mul else _number(rng))
             tokens: list = [nums[0]]
             for op, x in zip(ops, nums[1:], strict=True):
                 tokens += [op, x]

@@ -85,7 +85,8 @@ def train(model, tokenizer, data: dict[str, list[Example]], weights: dict[str, f
           progress: bool = True, description: str = "train",
           on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Train `model` in place; `data` maps task name -> examples, `weights` the share of steps per task.
-    `on_step(step)` is called after each optimizer step (e.g. to evaluate along the way)."""
+    `on_step(step)` is called after each optimizer step (e.g. to evaluate along the way); training stops
+    early when it returns True."""
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -129,12 +130,12 @@ def train(model, tokenizer, data: dict[str, list[Example]], weights: dict[str, f
             if bar is not None:
                 info = " ".join(f"{n} {v:.3f}" for n, v in sorted(losses.items()))
                 bar.update(tid, advance=1, info=f"loss {info}")
-            if on_step is not None:
-                on_step(step + 1)
+            if on_step is not None and on_step(step + 1):
+                break
     finally:
         if bar is not None:
             bar.stop()
     model.eval()
     seconds = time.perf_counter() - t0
-    return {"steps": cfg.steps, "steps_per_task": done, "seconds": seconds, "train_tokens": tokens,
+    return {"steps": sum(done.values()), "max_steps": cfg.steps, "steps_per_task": done, "seconds": seconds, "train_tokens": tokens,
             "tokens_per_s": tokens / seconds if seconds > 0 else None, "final_loss": losses}

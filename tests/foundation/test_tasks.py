@@ -45,6 +45,7 @@ def test_solve_respects_precedence_and_rejects_negative():
     steps = solve([2, "+", 3, "*", 4])
     assert [s for _, s, _ in steps] == ["3 * 4 = 12", "2 + 12 = 14"]
     assert solve([3, "-", 5]) is None
+    assert solve([60, "+", 50]) is None  # results stay within 0..99
 
 
 def test_arith_verifier():
