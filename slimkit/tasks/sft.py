@@ -130,6 +130,9 @@ def train(model, tokenizer, data: dict[str, list[Example]], weights: dict[str, f
             if bar is not None:
                 info = " ".join(f"{n} {v:.3f}" for n, v in sorted(losses.items()))
                 bar.update(tid, advance=1, info=f"loss {info}")
+                if not bar.console.is_terminal and (step + 1) % max(1, cfg.steps // 10) == 0:
+                    bar.console.print(f"{description.strip()}: step {step + 1}/{cfg.steps} loss {info} "
+                                      f"({time.perf_counter() - t0:.0f} s)", highlight=False)
             if on_step is not None and on_step(step + 1):
                 break
     finally:
