@@ -133,11 +133,13 @@ def build(root: str | os.PathLike, *, scale: float | None = None, eval_n: dict[s
 def report(root: str | os.PathLike, *, console=None, eval_n: dict[str, int] | None = None) -> dict[str, Any]:
     """Print the teacher's and the student's eval tables; evaluate and cache any that are missing."""
     from rich.console import Console
+    from transformers.utils import logging as hf_logging
 
     from slimkit import artifacts, toy
     from slimkit.errors import SlimkitError
     from slimkit.tasks.eval import evaluate, results_table
 
+    hf_logging.disable_progress_bar()
     console = console or Console()
     root = Path(root)
     if not toy.is_built(root):

@@ -183,12 +183,14 @@ def eval_model_dir(path, task: str, *, split: str = "test", n: int | None = None
     from pathlib import Path
 
     from rich.console import Console
+    from transformers.utils import logging as hf_logging
 
     from slimkit import artifacts
     from slimkit.tasks import read_jsonl
 
     get_task(task)
     examples = read_jsonl(data) if data is not None else None
+    hf_logging.disable_progress_bar()
     model, tok = artifacts.load(path)
     res = evaluate(model, tok, task, split=split, n=n, examples=examples, k=k, temperature=temperature,
                    batch_size=batch_size, progress=True, description=f"eval {task} {Path(path).name}")
