@@ -35,8 +35,11 @@ def _logit_tile(h_ptr, w_ptr, b_ptr, rows, cols, row_ok, col_ok, inv_t,
     for k0 in range(0, H, BK):
         ks = k0 + tl.arange(0, BK)
         k_ok = ks < H
-        a = tl.load(h_ptr + rows[:, None] * H + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        b = tl.load(w_ptr + cols[:, None] * H + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+        # int64 offsets: N * H, V * H and N * V overflow int32 at LLM sizes
+        a = tl.load(h_ptr + rows[:, None].to(tl.int64) * H + ks[None, :],
+                    mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(w_ptr + cols[:, None].to(tl.int64) * H + ks[None, :],
+                    mask=col_ok[:, None] & k_ok[None, :], other=0.0)
         acc += tl.dot(a, tl.trans(b), input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
@@ -52,7 +55,7 @@ def _teacher_tile(th_ptr, tw_ptr, tb_ptr, tlp_ptr, rows, cols, row_ok, col_ok, i
         t = _logit_tile(th_ptr, tw_ptr, tb_ptr, rows, cols, row_ok, col_ok, inv_t,
                         HT, T_HAS_BIAS, BN, BV, BK, PRECISION)
     else:
-        t = tl.load(tlp_ptr + rows[:, None] * VT_STRIDE + cols[None, :],
+        t = tl.load(tlp_ptr + rows[:, None].to(tl.int64) * VT_STRIDE + cols[None, :],
                     mask=row_ok[:, None] & col_ok[None, :], other=float("-inf")).to(tl.float32) * inv_t
         t = tl.where(col_ok[None, :], t, float("-inf"))
     return t
@@ -198,7 +201,7 @@ def grad_kernel(h_ptr, w_ptr, b_ptr, th_ptr, tw_ptr, tb_ptr, tlp_ptr, lse_ptr, t
             lm = hi_safe + tl.log(tl.exp(a - hi_safe) + tl.exp(b - hi_safe))
             dz = (c0 * one_m_beta)[:, None] * tl.where(p > 0, p * (s - lm - c1[:, None]), 0.0)
     dz = dz * inv_t
-    tl.store(dz_ptr + rows[:, None] * V + cols[None, :], dz.to(dz_ptr.dtype.element_ty),
+    tl.store(dz_ptr + rows[:, None].to(tl.int64) * V + cols[None, :], dz.to(dz_ptr.dtype.element_ty),
              mask=row_ok[:, None] & col_ok[None, :])
 
 
