@@ -6,6 +6,10 @@ runs in a fresh subprocess; the step's peak is measured by the trainer itself (C
 step minus RSS at its start, via the kernel's resettable high-water mark; see
 slimkit/compress/distill/metrics.py). A tiny warmup step first allocates the AdamW state, so the
 measured step is a steady-state one (weights, gradients' and optimizer's memory excluded).
+glibc's mmap threshold is fixed at 64 KiB in the workers (MALLOC_MMAP_THRESHOLD_), so freed tensors go
+back to the OS at once and RSS follows live memory; with glibc's dynamic threshold, tensors of up to
+32 MiB stay in the heap after they are freed and the per-step RSS delta moves by hundreds of MiB
+depending on what earlier steps left there.
 
     .venv/bin/python benchmarks/distill_memory.py                      # writes benchmarks/results/distill_memory.{json,md}
     .venv/bin/python benchmarks/distill_memory.py --layers 2 --seqs 8 --seq-len 512
@@ -97,6 +101,8 @@ def main() -> None:
     ap.add_argument("--configs", default="all,entropy_top r=0.5,entropy_top r=0.25,quadrant Q3")
     ap.add_argument("--backend", default="chunked", choices=["chunked", "reference"],
                     help="kernel backend: chunked (fused, no [N, V] logits) or reference (materializes them)")
+    ap.add_argument("--mmap-threshold", type=int, default=65536,
+                    help="glibc MALLOC_MMAP_THRESHOLD_ for the workers (0: glibc's dynamic default)")
     ap.add_argument("--out", default="benchmarks/results/distill_memory")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--models", help=argparse.SUPPRESS)
@@ -113,6 +119,8 @@ def main() -> None:
                 if k in ("seqs", "seq_len", "steps", "threads")]
             t0 = time.time()
             env = {**os.environ, "SLIMKIT_KERNEL_BACKEND": args.backend}
+            if args.mmap_threshold:
+                env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
             p = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if p.returncode:
                 sys.exit(f"{name} failed:\n{p.stderr[-3000:]}")
@@ -130,7 +138,7 @@ def main() -> None:
                      "step_s": last["step_s"], "first_step_peak_mb": recs[0]["peak_mem_mb"],
                      "mem_method": last["mem_method"]})
     meta = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": platform.platform(),
-            "cpu_threads": args.threads, "kernel_backend": args.backend, "shape": {k: getattr(args, k) for k in (
+            "cpu_threads": args.threads, "kernel_backend": args.backend, "malloc_mmap_threshold": args.mmap_threshold, "shape": {k: getattr(args, k) for k in (
                 "student_hidden", "teacher_hidden", "vocab", "layers", "seqs", "seq_len")},
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out = Path(args.out)
