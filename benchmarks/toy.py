@@ -69,8 +69,23 @@ def markdown(record: dict, command: str, mach: dict) -> str:
         f"| jobs AUC (test, n={t['jobs']['n']}) | {t['jobs']['auc']:.3f} | {s['jobs']['auc']:.3f} |",
         f"| jobs accuracy | {t['jobs']['accuracy']:.1%} | {s['jobs']['accuracy']:.1%} |",
         "",
+        "## Targets (issue 2)",
+        "",
+        "| target | reached | met |",
+        "|---|---|---|",
+        f"| teacher arith accuracy >= 85% | {t['arith']['accuracy']:.1%} | {_yes(t['arith']['accuracy'] >= 0.85)} |",
+        f"| teacher jobs AUC >= 0.95 | {t['jobs']['auc']:.3f} | {_yes(t['jobs']['auc'] >= 0.95)} |",
+        f"| student arith accuracy 15%-60% | {s['arith']['accuracy']:.1%} | "
+        f"{_yes(0.15 <= s['arith']['accuracy'] <= 0.60)} |",
+        f"| whole build <= 600 s on an idle 2-core machine | {record['build_seconds']:.0f} s at load "
+        f"{record.get('loadavg_start', 0):.1f} | not measurable here (shared) |",
+        "",
     ]
     return "\n".join(lines)
+
+
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "**no**"
 
 
 def main() -> None:
