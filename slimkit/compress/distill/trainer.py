@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import math
 import os
 import random
@@ -325,12 +326,24 @@ class Distiller:
     def _on_signal(self, signum, _frame) -> None:
         self._stop_signal = signal.Signals(signum).name
 
+    def _logged_history(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(last step record, start eval) already in the metrics log: a resumed run reports them too."""
+        last: dict[str, Any] = {}
+        start: dict[str, Any] = {}
+        if self.step and self.log.enabled and self.log.path.exists():
+            for line in self.log.path.read_text().splitlines():
+                rec = json.loads(line)
+                if "loss" in rec:
+                    last = rec
+                elif rec.get("step") == 0 and "eval_acc" in rec:
+                    start = rec
+        return last, start
+
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)
-        history: dict[str, Any] = {}
-        start_eval = {}
+        history, start_eval = self._logged_history()
         if self.step == 0 and cfg.eval.at_start:
             start_eval = self.evaluate()
             if start_eval:
