@@ -264,7 +264,9 @@ class _KLEagerFn(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_loss, _g_kl, _g_ent):
-        grads = tuple(None if g is None else g * g_loss.to(g.dtype) for g in ctx.grads)
+        # Scale the gradients built in the forward in place: they are released here (ctx.grads = None),
+        # so no second [V, H] buffer is ever allocated for the weight gradient.
+        grads = tuple(None if g is None else g.mul_(g_loss.to(g.dtype)) for g in ctx.grads)
         ctx.grads = None
         return *grads, None, None, None, None, None, None, None
 

@@ -52,6 +52,11 @@ class Teacher:
     ids: torch.Tensor | None = None
     logprobs: torch.Tensor | None = None
 
+    def slice(self, part: slice) -> Teacher:
+        if self.hidden is not None:
+            return Teacher(hidden=self.hidden[part], weight=self.weight)
+        return Teacher(ids=self.ids[part], logprobs=self.logprobs[part])
+
     def spec(self) -> kernels.LiveTeacher | kernels.SparseTeacher:
         if self.hidden is not None:
             return kernels.LiveTeacher(self.hidden, self.weight)
@@ -66,10 +71,26 @@ def kl(student_hidden: torch.Tensor, student_weight: torch.Tensor, teacher: Teac
     return out.loss, out.kl, out.entropy
 
 
+# The scoring pass sees every token, the training pass only the kept ones. The kernels size their
+# [chunk, V] workspace by the number of rows they are given, so scoring in blocks of a quarter of the
+# rows keeps its workspace below the training pass's for any keep ratio >= 1/4: selection's memory
+# saving is not eaten by the scoring that decides it.
+SCORE_BLOCKS = 4
+
+
 @torch.no_grad()
 def scores(student_hidden: torch.Tensor, student_weight: torch.Tensor, teacher: Teacher, *,
-           temperature: float, vocab_size: int) -> Scores:
-    """Per-token student entropy and teacher-student JSD (beta 0.5, <= ln 2), no gradients, chunked."""
-    _, d, h = kl(student_hidden.detach(), student_weight.detach(), teacher, kind="jsd", beta=0.5,
-                 temperature=temperature, reduction="none")
-    return Scores(entropy=h.float(), divergence=d.float().clamp_min(0), vocab_size=vocab_size)
+           temperature: float, vocab_size: int, blocks: int = SCORE_BLOCKS) -> Scores:
+    """Per-token student entropy and teacher-student JSD (beta 0.5, <= ln 2), no gradients, chunked,
+    in `blocks` row blocks."""
+    n = student_hidden.shape[0]
+    step = max(1, -(-n // blocks))
+    ds, hs = [], []
+    for start in range(0, n, step):
+        part = slice(start, start + step)
+        _, d, h = kl(student_hidden[part].detach(), student_weight.detach(), teacher.slice(part), kind="jsd",
+                     beta=0.5, temperature=temperature, reduction="none")
+        ds.append(d)
+        hs.append(h)
+    return Scores(entropy=torch.cat(hs).float(), divergence=torch.cat(ds).float().clamp_min(0),
+                  vocab_size=vocab_size)
