@@ -80,6 +80,14 @@ class DistEnv:
     def ddp(self) -> bool:
         return self.world > 1
 
+    def rank0_first(self, make):
+        """Call `make()` on rank 0 first (it builds and writes a cache), then on the others (they read it)."""
+        if not self.ddp:
+            return make()
+        out = make() if self.rank == 0 else None
+        dist.barrier()
+        return out if self.rank == 0 else make()
+
     def sum(self, values: list[float]) -> list[float]:
         if not self.ddp:
             return values
@@ -177,14 +185,7 @@ class Distiller:
         cache = Path(r.cache).expanduser() if r.cache else self.out / "teacher_rollouts.jsonl"
         make = functools.partial(TeacherSource, self.teacher, self.tok, self.prompts, r, cache,
                                  teacher_hash=artifacts.dir_hash(self.teacher_dir), seed=self.cfg.train.seed)
-        if self.env.ddp:  # rank 0 generates and writes the cache, the others read it
-            if self.env.rank == 0:
-                src = make()
-            dist.barrier()
-            if self.env.rank != 0:
-                src = make()
-            return src
-        return make()
+        return self.env.rank0_first(make)
 
     def _make_topk(self):
         if self.cfg.loss.teacher != "topk":
@@ -196,14 +197,7 @@ class Distiller:
         make = functools.partial(TopKCache.build_or_load, path, self.teacher, self.source, k=lc.topk,
                                  temperature=lc.temperature, pad_id=self.pad_id,
                                  teacher_hash=artifacts.dir_hash(self.teacher_dir))
-        if self.env.ddp:
-            if self.env.rank == 0:
-                cache = make()
-            dist.barrier()
-            if self.env.rank != 0:
-                cache = make()
-            return cache
-        return make()
+        return self.env.rank0_first(make)
 
     def _load(self, path: Path) -> None:
         state = checkpoint.load(path)
