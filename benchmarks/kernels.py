@@ -4,7 +4,8 @@ CPU (default): reference vs chunked, fp32, each shape in a fresh subprocess:
     .venv/bin/python benchmarks/kernels.py --device cpu
 GPU: triton vs reference vs Liger-Kernel (LigerFusedLinearJSD, LigerFusedLinearCrossEntropyLoss), bf16:
     python benchmarks/kernels.py --device cuda          (needs liger-kernel installed)
-Results: benchmarks/results/kernels[-cuda].{json,md} with the command and the machine.
+Results: benchmarks/results/kernels[-cuda][_acceptance].{json,md} (_acceptance for --grid acceptance)
+with the command and the machine.
 
 Ops: "logprob" = linear_logprob, loss = logprob.sum(); "kl" = linear_kl with a live teacher (hidden
 size H, same vocabulary), kind="forward", reduction="sum"; both forward + backward wrt hidden and weight.
@@ -247,6 +248,12 @@ def cpu_acceptance(rows: list[dict]) -> dict:
         out |= {"rows50_vs_all_reference_time": round(rh["time_s"] / ref["time_s"], 3),
                 "rows50_vs_all_reference_cpu_time": round(rh["cpu_s"] / ref["cpu_s"], 3),
                 "rows50_vs_all_reference_peak_extra": round(rh["peak_extra_mb"] / ref["peak_extra_mb"], 3)}
+    lp = next((r for r in rows if r["op"] == "logprob" and (r["n"], r["h"], r["v"]) == (4096, 512, 32000)), None)
+    if lp and {"chunked@1.0", "chunked@0.5"} <= lp["results"].keys():  # linear_logprob, same shape
+        full, half = lp["results"]["chunked@1.0"], lp["results"]["chunked@0.5"]
+        out |= {"logprob_rows50_vs_all_chunked_time": round(half["time_s"] / full["time_s"], 3),
+                "logprob_rows50_vs_all_chunked_cpu_time": round(half["cpu_s"] / full["cpu_s"], 3),
+                "logprob_rows50_vs_all_chunked_peak_extra": round(half["peak_extra_mb"] / full["peak_extra_mb"], 3)}
     return out
 
 
@@ -401,9 +408,9 @@ def bf16_grad_error(dev, n=1024, h=896, v=32000) -> dict:
 # ----------------------------------------------------------------------------------------------- report
 
 
-def write(report: dict, out_dir: Path, command: str) -> None:
+def write(report: dict, out_dir: Path, command: str, grid: str) -> None:
     report = {"command": command, "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), **report}
-    stem = "kernels" if report["device"] == "cpu" else "kernels-cuda"
+    stem = ("kernels" if report["device"] == "cpu" else "kernels-cuda") + ("_acceptance" if grid == "acceptance" else "")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
     (out_dir / f"{stem}.md").write_text(markdown(report))
@@ -420,7 +427,7 @@ def markdown(r: dict) -> str:
                   "times are noisy, CPU s (process CPU time, same thread count) is the steadier "
                   "measure. `chunked:525` = chunked with SLIMKIT_KERNEL_CHUNK_ROWS=525.", ""]
         if r.get("acceptance"):
-            lines += ["## Acceptance (linear_kl, live teacher, N=4096, H=512, V=32000)", "",
+            lines += ["## Acceptance (linear_kl, live teacher, N=4096, H=512, V=32000; logprob_*: linear_logprob)", "",
                       "| ratio | value |", "|---|---|"]
             lines += [f"| {k} | {v} |" for k, v in r["acceptance"].items()]
             lines.append("")
@@ -457,7 +464,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     command = "python benchmarks/kernels.py " + " ".join(sys.argv[1:])
     report = run_cpu(args) if args.device == "cpu" else run_cuda(args)
-    write(report, args.out, command)
+    write(report, args.out, command, args.grid)
     print(json.dumps(report.get("acceptance", {}), indent=1))
 
 

@@ -50,9 +50,11 @@ backend=None) -> KLOutput(loss, kl, entropy)``
 Shared arguments:
 - hidden [..., H] with any leading shape; targets/labels have that leading shape. Outputs have the
   leading shape, or [len(rows)] when `rows` is given.
-- rows: a 1-D int index into the flattened positions (or a bool mask of the leading shape). Only those
-  positions are computed (hidden[rows] is taken before any matmul); outputs are for the selected rows
-  only, in `rows` order (a mask selects in position order). Gradients reach only the selected rows.
+- rows: a 1-D int index into the flattened positions (or a bool mask of the leading shape), any order,
+  repeats allowed. Only those positions are computed; outputs are for the selected rows only, in `rows`
+  order (a mask selects in position order). Gradients reach only the selected rows (summed over
+  repeats). chunked gathers the selected rows of the student and teacher chunk by chunk (no
+  [len(rows), H] copies), reference and triton up front.
 - vocab_size: the true vocabulary size when weight (or the teacher) has padding rows past it (e.g.
   151936 vs 152064, or 1000 vs 1024). Ids >= vocab_size get probability 0 (logits masked to -inf,
   implemented by leaving those rows of weight out; their gradient is 0). Default: weight.shape[0], and
@@ -61,8 +63,8 @@ Shared arguments:
   chunks of token rows; the CPU path) or "triton" (CUDA tiles with an online logsumexp; on CPU only
   under TRITON_INTERPRET=1). Default: env SLIMKIT_KERNEL_BACKEND, else triton for CUDA tensors when
   triton imports, else chunked.
-  - chunked: rows per chunk from `chunked.chunk_rows` (the [chunk, V] block about 12x the size of the
-    selected hidden states, >= 32 rows, under env SLIMKIT_KERNEL_CHUNK_MB MiB, default 384); env
+  - chunked: rows per chunk from `chunked.chunk_rows` (the [chunk, V] block about 13x the size of the
+    selected hidden states, >= 32 rows, under env SLIMKIT_KERNEL_CHUNK_MB MiB, default 512); env
     SLIMKIT_KERNEL_CHUNK_ROWS fixes it. linear_kl with reduction "sum"/"mean" builds its gradients
     during the forward (one pass over the vocabulary); "none" and linear_logprob keep per-row
     statistics and recompute the logits in the backward.
@@ -164,22 +166,36 @@ def _student(hidden: Tensor, weight: Tensor, bias: Tensor | None, names: tuple[s
     return hidden, weight
 
 
+def _flat(x: Tensor, lead: tuple[int, ...]) -> Tensor:
+    """Flatten the leading dims of x ([*lead, ...] -> [N, ...])."""
+    return x.reshape(-1, *x.shape[len(lead):])
+
+
 def _select(x: Tensor, lead: tuple[int, ...], idx: Tensor | None) -> Tensor:
-    """Flatten the leading dims of x and keep the selected rows (x: [*lead, ...])."""
-    x = x.reshape(-1, *x.shape[len(lead):])
+    """Flatten the leading dims of x and keep the selected rows (small per-row tensors only: the
+    hidden states go to the backends whole, with the index)."""
+    x = _flat(x, lead)
     return x if idx is None else x.index_select(0, idx)
+
+
+def _vocab_rows(x: Tensor | None, v: int) -> Tensor | None:
+    """The first v rows of a weight / bias (x itself when that is all of it: a slice would make autograd
+    copy the gradient into a new [V, H] buffer)."""
+    return x if x is None or x.shape[0] == v else x[:v]
 
 
 def _out_shape(lead: tuple[int, ...], idx: Tensor | None) -> tuple[int, ...]:
     return lead if idx is None else (idx.numel(),)
 
 
-def _check_outputs(outputs: list[Tensor], inputs: dict[str, tuple[Tensor | None, bool]]) -> None:
-    """Cheap path: only when an output is non-finite, look for the input that caused it."""
+def _check_outputs(outputs: list[Tensor], idx: Tensor | None,
+                   inputs: dict[str, tuple[Tensor | None, bool, bool]]) -> None:
+    """Cheap path: only when an output is non-finite, look for the input that caused it. inputs: name ->
+    (tensor, -inf allowed, per-row tensor [N, ...] of which only the `idx` rows were used)."""
     if all(bool(torch.isfinite(o).all()) for o in outputs):
         return
-    for name, (x, allow_neg_inf) in inputs.items():
-        chk.finite(name, x, allow_neg_inf)
+    for name, (x, allow_neg_inf, per_row) in inputs.items():
+        chk.finite(name, x[idx] if x is not None and per_row and idx is not None else x, allow_neg_inf)
 
 
 def linear_logprob(hidden: Tensor, weight: Tensor, targets: Tensor, *, temperature: float = 1.0,
@@ -198,15 +214,15 @@ def linear_logprob(hidden: Tensor, weight: Tensor, targets: Tensor, *, temperatu
     t = chk.temperature(temperature)
     v = _vocab(vocab_size, [weight.shape[0]])
     idx = chk.rows_index(rows, lead, hidden.device)
-    h = _select(hidden, lead, idx)
+    h = _flat(hidden, lead)
     tg = _select(targets, lead, idx).long()
     chk.in_range("targets", tg, v, allowed=ignore_index)
     ignored = tg == ignore_index
     tg = tg.masked_fill(ignored, 0)
     mod = _module(resolve_backend(backend, hidden.device))
-    lp, ent, lse = mod.logprob(h, weight[:v], None if bias is None else bias[:v], tg, t)
-    _check_outputs([lse], {"hidden": (h, False), "weight": (weight[:v], False),
-                           "bias": (None if bias is None else bias[:v], False)})
+    w, b = _vocab_rows(weight, v), _vocab_rows(bias, v)
+    lp, ent, lse = mod.logprob(h, w, b, tg, t, idx)
+    _check_outputs([lse], idx, {"hidden": (h, False, True), "weight": (w, False, False), "bias": (b, False, False)})
     lp = lp.masked_fill(ignored, 0.0)
     shape = _out_shape(lead, idx)
     return LogprobOutput(lp.reshape(shape), ent.reshape(shape), lse.reshape(shape))
@@ -214,7 +230,8 @@ def linear_logprob(hidden: Tensor, weight: Tensor, targets: Tensor, *, temperatu
 
 def _teacher(teacher: object, lead: tuple[int, ...], idx: Tensor | None, device: torch.device,
              student_vocab: int, vocab_size: int | None) -> tuple[Teacher, int]:
-    """Normalize the teacher argument: select rows, slice the vocabulary, validate."""
+    """Normalize the teacher argument: flatten the leading dims, slice the vocabulary, validate (the
+    sparse ids and logprobs at the selected rows). Rows are selected by the backend."""
     if isinstance(teacher, tuple) and len(teacher) in (2, 3) and not isinstance(teacher, SparseTeacher):
         first = teacher[0]
         if isinstance(first, Tensor) and not first.is_floating_point():
@@ -228,7 +245,7 @@ def _teacher(teacher: object, lead: tuple[int, ...], idx: Tensor | None, device:
             chk.fail(f"teacher hidden has leading shape {tuple(th.shape[:-1])}, student has {lead}")
         v = _vocab(vocab_size, [student_vocab, tw.shape[0]])
         tb = None if teacher.bias is None else teacher.bias[:v].detach()
-        return Teacher("live", hidden=_select(th.detach(), lead, idx), weight=tw[:v].detach(), bias=tb), v
+        return Teacher("live", hidden=_flat(th.detach(), lead), weight=tw[:v].detach(), bias=tb), v
     if isinstance(teacher, SparseTeacher):
         ids = chk.int_tensor("teacher ids", teacher.ids)
         lp = chk.float_tensor("teacher logprobs", teacher.logprobs)
@@ -238,10 +255,11 @@ def _teacher(teacher: object, lead: tuple[int, ...], idx: Tensor | None, device:
         v = _vocab(vocab_size, [student_vocab])
         if not 1 <= ids.shape[-1] < v:
             chk.fail(f"sparse teacher K={ids.shape[-1]} must be between 1 and vocab_size - 1 ({v - 1})")
-        ids, lp = _select(ids, lead, idx).long(), _select(lp.detach(), lead, idx)
-        chk.in_range("teacher ids", ids, v)
-        chk.finite("teacher logprobs", lp, allow_neg_inf=True)
-        if bool((lp > 1e-4).any()):
+        ids, lp = _flat(ids, lead).long(), _flat(lp.detach(), lead)
+        sel_ids, sel_lp = (ids, lp) if idx is None else (ids[idx], lp[idx])
+        chk.in_range("teacher ids", sel_ids, v)
+        chk.finite("teacher logprobs", sel_lp, allow_neg_inf=True)
+        if bool((sel_lp > 1e-4).any()):
             chk.fail("teacher logprobs must be log-probabilities (<= 0); got positive values")
         return Teacher("sparse", ids=ids, logprobs=lp), v
     if isinstance(teacher, Tensor):
@@ -249,7 +267,7 @@ def _teacher(teacher: object, lead: tuple[int, ...], idx: Tensor | None, device:
         if tuple(lp.shape[:-1]) != lead:
             chk.fail(f"dense teacher logprobs have shape {tuple(lp.shape)}, expected [{', '.join(map(str, lead))}, V]")
         v = _vocab(vocab_size, [student_vocab, lp.shape[-1]])
-        return Teacher("dense", logprobs=_select(lp.detach(), lead, idx)[:, :v]), v
+        return Teacher("dense", logprobs=_flat(lp.detach(), lead)[:, :v]), v
     chk.fail("teacher must be LiveTeacher(hidden, weight[, bias]), a dense logprob tensor [..., V], or "
              f"SparseTeacher(ids, logprobs); got {type(teacher).__name__}")
     raise AssertionError  # unreachable
@@ -281,28 +299,28 @@ def linear_kl(student_hidden: Tensor, student_weight: Tensor, teacher: object, *
     idx = chk.rows_index(rows, lead, hidden.device)
     tch, v = _teacher(teacher, lead, idx, hidden.device, weight.shape[0], vocab_size)
     chk.same_device(student_hidden=hidden, teacher=next(x for x in (tch.hidden, tch.logprobs) if x is not None))
-    h = _select(hidden, lead, idx)
-    n = h.shape[0]
+    h = _flat(hidden, lead)
+    n = h.shape[0] if idx is None else idx.shape[0]
     if labels is not None:
         labels = chk.int_tensor("labels", labels, lead)
         valid = _select(labels, lead, idx).to(hidden.device) != ignore_index
     else:
         valid = torch.ones(n, dtype=torch.bool, device=hidden.device)
-    w, b = weight[:v], None if student_bias is None else student_bias[:v]
+    w, b = _vocab_rows(weight, v), _vocab_rows(student_bias, v)
     mod = _module(resolve_backend(backend, hidden.device))
     shape = _out_shape(lead, idx)
     if reduction == "none":
-        kl, ent = mod.kl(h, w, b, tch, kind, beta, t, None)
+        kl, ent = mod.kl(h, w, b, tch, kind, beta, t, None, idx)
         loss = torch.where(valid, kl, 0.0)
         kl = loss.detach()
     else:
         weights = valid.to(torch.float64 if h.dtype == torch.float64 else torch.float32)
         if reduction == "mean":
             weights = weights / valid.sum().clamp_min(1)
-        loss, kl, ent = mod.kl(h, w, b, tch, kind, beta, t, weights)
+        loss, kl, ent = mod.kl(h, w, b, tch, kind, beta, t, weights, idx)
         kl = torch.where(valid, kl, 0.0)
-    _check_outputs([ent, kl], {"student_hidden": (h, False), "student_weight": (w, False),
-                               "student_bias": (b, False), "teacher hidden": (tch.hidden, False),
-                               "teacher weight": (tch.weight, False), "teacher bias": (tch.bias, False),
-                               "teacher logprobs": (tch.logprobs, True)})
+    _check_outputs([ent, kl], idx, {
+        "student_hidden": (h, False, True), "student_weight": (w, False, False), "student_bias": (b, False, False),
+        "teacher hidden": (tch.hidden, False, True), "teacher weight": (tch.weight, False, False),
+        "teacher bias": (tch.bias, False, False), "teacher logprobs": (tch.logprobs, True, True)})
     return KLOutput(loss.reshape(shape) if reduction == "none" else loss, kl.reshape(shape), ent.reshape(shape))

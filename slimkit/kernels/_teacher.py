@@ -25,7 +25,8 @@ class SparseTeacher(NamedTuple):
 
 
 class Teacher(NamedTuple):
-    """Internal: the prepared teacher (rows selected, vocab sliced). kind: live | dense | sparse."""
+    """Internal: the prepared teacher (vocab sliced; per-row tensors flattened to [N, ...], aligned with
+    the flattened student hidden). kind: live | dense | sparse."""
 
     kind: str
     hidden: Tensor | None = None
@@ -34,10 +35,20 @@ class Teacher(NamedTuple):
     logprobs: Tensor | None = None
     ids: Tensor | None = None
 
-    def rows(self, start: int, stop: int) -> Teacher:
-        """The same teacher restricted to rows [start, stop)."""
+    def take(self, rows: slice | Tensor | None) -> Teacher:
+        """The same teacher at `rows` (a slice, an int64 index, or None for all rows)."""
+        if rows is None:
+            return self
 
         def cut(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t[start:stop]
+            return None if t is None else t[rows]
 
         return self._replace(hidden=cut(self.hidden), logprobs=cut(self.logprobs), ids=cut(self.ids))
+
+
+def select(h: Tensor, teacher: Teacher | None, rows: Tensor | None) -> tuple[Tensor, Teacher | None]:
+    """The selected rows of the student hidden [N, H] and of the teacher, gathered up front (the
+    reference and triton backends; chunked gathers them chunk by chunk instead)."""
+    if rows is None:
+        return h, teacher
+    return h.index_select(0, rows), None if teacher is None else teacher.take(rows)

@@ -1,7 +1,8 @@
 """Reference backend: plain torch with autograd, materializing the full [N, V] logits.
 
 It is the test oracle (run it on float64 inputs) and the baseline of benchmarks/kernels.py. Inputs are
-already validated and prepared by `slimkit.kernels` (rows selected, padded vocab sliced off).
+already validated and prepared by `slimkit.kernels` (padded vocab sliced off); `rows` (an int64 index
+into the flattened positions, or None) is gathered up front, which autograd scatters back.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import torch
 from torch import Tensor
 
 from slimkit.kernels import _math
-from slimkit.kernels._teacher import Teacher
+from slimkit.kernels._teacher import Teacher, select
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -24,8 +25,9 @@ def _logits(h: Tensor, w: Tensor, b: Tensor | None, temperature: float) -> Tenso
     return z / temperature
 
 
-def logprob(h: Tensor, w: Tensor, b: Tensor | None, targets: Tensor, temperature: float
-            ) -> tuple[Tensor, Tensor, Tensor]:
+def logprob(h: Tensor, w: Tensor, b: Tensor | None, targets: Tensor, temperature: float,
+            rows: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    h, _ = select(h, None, rows)
     z = _logits(h, w, b, temperature)
     lse = z.logsumexp(-1)
     s = z - lse[:, None]
@@ -34,7 +36,8 @@ def logprob(h: Tensor, w: Tensor, b: Tensor | None, targets: Tensor, temperature
 
 
 def kl(h: Tensor, w: Tensor, b: Tensor | None, teacher: Teacher, kind: str, beta: float,
-       temperature: float, weights: Tensor | None) -> tuple[Tensor, ...]:
+       temperature: float, weights: Tensor | None, rows: Tensor | None = None) -> tuple[Tensor, ...]:
+    h, teacher = select(h, teacher, rows)
     z = _logits(h, w, b, temperature)
     s = torch.log_softmax(z, -1)
     ent = -(s.exp() * s).sum(-1)

@@ -18,7 +18,7 @@ from torch import Tensor
 from slimkit.kernels import _math
 from slimkit.kernels import triton_kernels as tk
 from slimkit.kernels._checks import fail
-from slimkit.kernels._teacher import Teacher
+from slimkit.kernels._teacher import Teacher, select
 from slimkit.kernels.chunked import chunk_rows
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -153,8 +153,10 @@ class _LogprobFn(torch.autograd.Function):
         return *grads, None, None
 
 
-def logprob(h: Tensor, w: Tensor, b: Tensor | None, targets: Tensor, temperature: float):
+def logprob(h: Tensor, w: Tensor, b: Tensor | None, targets: Tensor, temperature: float,
+            rows: Tensor | None = None):
     _check(h, w, b)
+    h, _ = select(h, None, rows)
     return _LogprobFn.apply(h.contiguous(), w.contiguous(), b, targets.contiguous(), temperature)
 
 
@@ -223,8 +225,9 @@ class _KLFn(torch.autograd.Function):
 
 
 def kl(h: Tensor, w: Tensor, b: Tensor | None, teacher: Teacher, kind: str, beta: float,
-       temperature: float, weights: Tensor | None) -> tuple[Tensor, ...]:
+       temperature: float, weights: Tensor | None, rows: Tensor | None = None) -> tuple[Tensor, ...]:
     _check(h, w, b, teacher.hidden, teacher.weight, teacher.bias)
+    h, teacher = select(h, teacher, rows)
     if teacher.kind == "live":
         teacher = teacher._replace(hidden=teacher.hidden.contiguous(), weight=teacher.weight.contiguous())
     per_row, ent = _KLFn.apply(h.contiguous(), w.contiguous(), b, teacher, kind, beta, temperature)

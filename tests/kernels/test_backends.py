@@ -100,3 +100,36 @@ def test_logprob_without_bias_or_rows(backend):
     got = linear_logprob(hidden, weight, targets, backend=backend)
     for g, w in zip(got, want, strict=True):
         close(g, w)
+
+
+def _lead(x, n):
+    """[n, ...] per-row tensors -> [2, n // 2, ...]; anything else as is."""
+    return x.view(2, n // 2, *x.shape[1:]) if isinstance(x, torch.Tensor) and x.shape[0] == n else x
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("teacher_kind,reduction", [("live", "sum"), ("live", "none"), ("dense", "mean"),
+                                                    ("sparse", "sum")])
+def test_repeated_unsorted_rows_across_small_chunks(backend, teacher_kind, reduction, monkeypatch):
+    """Rows in any order, repeated across chunk boundaries, over a [2, 12] leading shape: d hidden has
+    the input's shape, sums the repeats, is exactly 0 on unselected rows; the teacher gets none."""
+    monkeypatch.setenv("SLIMKIT_KERNEL_CHUNK_ROWS", "3")
+    n = 24
+    hidden, weight, bias = student(n, H, V, seed=21)
+    t32, t64 = teacher(teacher_kind, n, V, V, seed=21)
+    t32 = type(t32)(*(_lead(x, n) for x in t32)) if isinstance(t32, tuple) else _lead(t32, n)
+    t64 = type(t64)(*(_lead(x, n) for x in t64)) if isinstance(t64, tuple) else _lead(t64, n)
+    if teacher_kind == "live":
+        t32 = t32._replace(hidden=t32.hidden.clone().requires_grad_())
+    rows = torch.tensor([17, 2, 17, 9, 0, 23, 2, 17, 11, 5])
+    kw = dict(rows=rows, kind="reverse" if teacher_kind == "sparse" else "forward", reduction=reduction)
+    want, want_g = _kl_run("reference", torch.float64, _lead(hidden, n), weight, bias, t64, **kw)
+    got, got_g = _kl_run(backend, torch.float32, _lead(hidden, n), weight, bias, t32, **kw)
+    close(got.kl, want.kl, what="kl")
+    for name, g, w in zip(("d hidden", "d weight", "d bias"), got_g, want_g, strict=True):
+        close(g, w, what=name)
+    assert got_g[0].shape == (2, 12, H)
+    unselected = torch.ones(n, dtype=torch.bool)
+    unselected[rows] = False
+    assert float(got_g[0].reshape(n, H)[unselected].abs().sum()) == 0.0
+    assert teacher_kind != "live" or t32.hidden.grad is None
