@@ -1,7 +1,7 @@
 """Build the toy world and record its figures in benchmarks/results/toy.{json,md}.
 
     .venv/bin/python benchmarks/toy.py                 # full build into a fresh temp dir (~10 min idle)
-    .venv/bin/python benchmarks/toy.py --from DIR      # record an existing build (e.g. ~/.cache/slimkit/toy-v1)
+    .venv/bin/python benchmarks/toy.py --from DIR      # record an existing build (e.g. ~/.cache/slimkit/toy-v2)
 
 Records build time, per-model training speed, teacher/student arith accuracy per level and style,
 answer lengths, generation speed, and jobs AUC/accuracy, with the machine and its load.

@@ -8,6 +8,7 @@ model where a later stage (or a user) would pick it up.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -37,11 +38,36 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale(out: str | os.PathLike) -> list[Path]:
+    """Remove the hidden `.NAME.tmp-PID-*` / `.NAME.old-PID-*` directories that a process killed
+    with SIGKILL (no chance to clean up) left next to `out`; those of live processes stay."""
+    out = Path(out).absolute()
+    removed = []
+    for p in out.parent.glob(f".{glob.escape(out.name)}.*-*"):
+        kind, _, rest = p.name[len(out.name) + 2:].partition("-")
+        pid = rest.split("-", 1)[0]
+        if kind in ("tmp", "old") and pid.isdigit() and p.is_dir() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(out: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
     """Yield a fresh temporary directory next to `out`; on success it replaces `out` atomically.
 
-    On any exception the temporary directory is removed and `out` is left as it was.
+    On any exception the temporary directory is removed and `out` is left as it was; what a
+    SIGKILLed writer left behind is swept by the next write to the same `out` (`sweep_stale`).
     """
     out = Path(out).absolute()
     if out.exists() and not overwrite:
@@ -49,7 +75,8 @@ def atomic_dir(out: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Pa
     if out.exists() and not out.is_dir():
         raise ArtifactError(f"{out} exists and is not a directory")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    sweep_stale(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
         yield tmp
         old = None

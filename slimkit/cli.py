@@ -37,7 +37,7 @@ def eval_cmd(
 
     Examples:
 
-        slimkit eval ~/.cache/slimkit/toy-v1/teacher --task arith --n 200
+        slimkit eval ~/.cache/slimkit/toy-v2/teacher --task arith --n 200
 
         slimkit eval runs/student --task arith --k 4 --out results.json
 
@@ -56,7 +56,7 @@ app.add_typer(toy_app, name="toy")
 
 @toy_app.command("build")
 def toy_build_cmd(
-    out: str | None = typer.Option(None, "--out", help="Directory (default ~/.cache/slimkit/toy-v1, or $SLIMKIT_HOME/toy-v1)."),
+    out: str | None = typer.Option(None, "--out", help="Directory (default ~/.cache/slimkit/toy-v2, or $SLIMKIT_HOME/toy-v2)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if the toy world is already there."),
 ) -> None:
     """Train the toy world (tokenizer, teacher, student) with fixed seeds; skipped if already built.

@@ -1,6 +1,6 @@
 """The embedded toy world: the toy tokenizer, a teacher and a smaller student trained here on CPU.
 
-    slimkit.toy.default_dir()        # ~/.cache/slimkit/toy-v1 (or $SLIMKIT_HOME/toy-v1)
+    slimkit.toy.default_dir()        # ~/.cache/slimkit/toy-v2 (or $SLIMKIT_HOME/toy-v2)
     slimkit.toy.ensure()             # build it if missing; returns the directory
     slimkit.toy.make_tiny_model_dir(tmp_path / "m")   # random-init Qwen3 + toy tokenizer, for tests
 """
@@ -11,7 +11,7 @@ import functools
 import os
 from pathlib import Path
 
-VERSION = "toy-v1"
+VERSION = "toy-v2"
 
 
 def home() -> Path:
@@ -69,7 +69,11 @@ def toy_tokenizer():
 
 
 def qwen3_config(tok, *, hidden: int, layers: int, heads: int, kv_heads: int, head_dim: int,
-                 intermediate: int, vocab: int | None = None, max_positions: int = 512):
+                 intermediate: int, vocab: int | None = None, max_positions: int = 512,
+                 init_std: float = 0.02):
+    """`init_std`: std of the random init (HF's default 0.02 is sized for hidden >= 1024; the toy
+    world's hidden-128 models need ~hidden**-0.5, else comparison tasks such as `jobs` sit on a
+    plateau for thousands of steps)."""
     from transformers import Qwen3Config
 
     return Qwen3Config(
@@ -77,7 +81,7 @@ def qwen3_config(tok, *, hidden: int, layers: int, heads: int, kv_heads: int, he
         num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
         intermediate_size=intermediate, max_position_embeddings=max_positions, tie_word_embeddings=True,
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None,
-        rope_theta=10000.0,
+        rope_theta=10000.0, initializer_range=init_std,
     )
 
 

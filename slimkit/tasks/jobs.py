@@ -1,7 +1,8 @@
 """`jobs`: query / job-posting relevance with yes/no labels, in the shape of semantic job search.
 
-A query names a title, a place and two skills; a posting names a company, a title, a place and its
-skills among realistic filler (benefits, culture, process) that a context compressor could drop.
+A query names a title, a place and two skills; a posting names a title, a place, a company and its
+skills, then a description of realistic filler (benefits, culture, process) that a context
+compressor could drop.
 The label is "yes" exactly when the posting's title and place both match the query's. Negatives
 differ in the title, the place, or both (hard negatives share the other field and the skills).
 """
@@ -66,13 +67,11 @@ def make_query(title: str, place: str, skills: list[str]) -> str:
 
 
 def make_posting(rng: random.Random, title: str, place: str, skills: list[str]) -> str:
-    """Structured lines (one field a line, as job boards render them) with filler paragraphs between."""
-    filler = rng.sample(FILLER, rng.randint(4, 6))
-    a, b = sorted(rng.sample(range(1, len(filler)), 2)) if len(filler) > 2 else (1, 1)
-    lines = [f"company: {rng.choice(COMPANIES)}", f"title: {title}", " ".join(filler[:a]),
-             f"place: {place}", " ".join(filler[a:b]), f"requirements: {', '.join(skills)}",
-             " ".join(filler[b:])]
-    return "\n".join(line for line in lines if line)
+    """The structured fields first, one a line (as job boards render a posting's header), then the
+    description: filler sentences that a context compressor could drop."""
+    filler = rng.sample(FILLER, rng.randint(3, 5))
+    return "\n".join([f"title: {title}", f"place: {place}", f"company: {rng.choice(COMPANIES)}",
+                      f"requirements: {', '.join(skills)}", " ".join(filler)])
 
 
 class Jobs(Task):

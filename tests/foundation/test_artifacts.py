@@ -102,3 +102,24 @@ def test_killed_toy_build_leaves_no_model_dir(tmp_path):
     assert proc.returncode != 0
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sigkilled_writer_leftovers_are_swept(tmp_path):
+    """A SIGKILLed writer cannot clean up; its hidden temp dir never loads as a model and the next
+    write to the same target removes it (a live writer's temp dir is left alone)."""
+    out = tmp_path / "model"
+    code = ("import sys, time\nfrom slimkit import artifacts\n"
+            "with artifacts.atomic_dir(sys.argv[1]) as tmp:\n"
+            "    (tmp / 'config.json').write_text('{}')\n    print(tmp, flush=True)\n    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
+    stale = proc.stdout.readline().strip()
+    proc.kill()
+    proc.wait(timeout=30)
+    assert os.path.isdir(stale) and not out.exists()
+    with pytest.raises(SlimkitError):
+        artifacts.load(stale)
+    live = tmp_path / f".model.tmp-{os.getpid()}-keep"
+    live.mkdir()
+    with artifacts.atomic_dir(out) as tmp:
+        (tmp / "x").write_text("1")
+    assert not os.path.exists(stale) and live.is_dir() and (out / "x").read_text() == "1"
