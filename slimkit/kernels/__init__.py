@@ -12,7 +12,7 @@ vocab_size=None, backend=None) -> LogprobOutput(logprob, entropy, lse)``
 
 ``linear_kl(student_hidden, student_weight, teacher, *, kind="forward", beta=0.5, temperature=1.0,
 rows=None, reduction="sum", ignore_index=-100, labels=None, student_bias=None, vocab_size=None,
-backend=None) -> KLOutput(loss, kl, entropy)``
+backend=None, weight_grad_into=None) -> KLOutput(loss, kl, entropy)``
 
     Student log-probs s = log_softmax((student_hidden @ student_weight.T + student_bias) / temperature),
     teacher log-probs lq, per position:
@@ -46,6 +46,17 @@ backend=None) -> KLOutput(loss, kl, entropy)``
     with gradient accumulation use reduction="sum" and divide by the total token count yourself.
     Positions are ignored where `labels == ignore_index` (labels: int tensor of the leading shape);
     without labels nothing is ignored.
+
+    weight_grad_into (reduction "sum"/"mean" only): a float32 tensor of student_weight's shape (float64
+    for float64 inputs), typically the weight's persistent `.grad` (gradient-accumulation fusion, as in
+    Megatron-LM). d loss / d student_weight is added to it instead of being returned through autograd,
+    so no [V, H] weight gradient is ever allocated; the weight gets no autograd gradient from this call.
+    Contract: backpropagate `loss` once, with gradient 1 (`loss.backward()`; scale the gradients
+    afterwards if you need a normalization). The chunked backend adds the gradient during the forward
+    (while it builds it chunk by chunk) and its backward raises RuntimeError if the incoming gradient is
+    not exactly 1; a loss that is never backpropagated leaves its gradient in the buffer all the same.
+    The reference and triton backends add the (correctly scaled) gradient during the backward, through a
+    detached copy of the weight, so they allocate the [V, H] gradient as usual.
 
 Shared arguments:
 - hidden [..., H] with any leading shape; targets/labels have that leading shape. Outputs have the
@@ -273,11 +284,36 @@ def _teacher(teacher: object, lead: tuple[int, ...], idx: Tensor | None, device:
     raise AssertionError  # unreachable
 
 
+def _weight_grad_buffer(buf: Tensor, weight: Tensor, reduction: str) -> Tensor:
+    if reduction == "none":
+        chk.fail("weight_grad_into needs reduction 'sum' or 'mean' (a scalar loss)")
+    acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    if not isinstance(buf, Tensor) or buf.shape != weight.shape or buf.dtype != acc:
+        got = f"{tuple(buf.shape)} {buf.dtype}" if isinstance(buf, Tensor) else type(buf).__name__
+        chk.fail(f"weight_grad_into must be a {acc} tensor of student_weight's shape {tuple(weight.shape)}, got {got}")
+    if buf.device != weight.device or buf.requires_grad:
+        chk.fail("weight_grad_into must be on student_weight's device and not require grad")
+    return buf
+
+
+def _grad_through_hook(weight: Tensor, into: Tensor) -> Tensor:
+    """A detached copy of the weight whose gradient, once autograd has accumulated it, is added to the
+    first rows of `into` and dropped (the fallback of backends without a fused weight-gradient path)."""
+    leaf = weight.detach().requires_grad_(weight.requires_grad)
+    if leaf.requires_grad:
+        def add(p: Tensor) -> None:
+            into.add_(p.grad[: into.shape[0]].to(into.dtype))
+            p.grad = None
+
+        leaf.register_post_accumulate_grad_hook(add)
+    return leaf
+
+
 def linear_kl(student_hidden: Tensor, student_weight: Tensor, teacher: object, *, kind: str = "forward",
               beta: float = 0.5, temperature: float = 1.0, rows: Tensor | None = None,
               reduction: str = "sum", ignore_index: int = -100, labels: Tensor | None = None,
               student_bias: Tensor | None = None, vocab_size: int | None = None,
-              backend: str | None = None) -> KLOutput:
+              backend: str | None = None, weight_grad_into: Tensor | None = None) -> KLOutput:
     """Divergence between the student's softmax((h @ W.T + b) / T) and a teacher, per position, never
     materializing [N, V] logits. See the module docstring for exact semantics.
 
@@ -306,8 +342,14 @@ def linear_kl(student_hidden: Tensor, student_weight: Tensor, teacher: object, *
         valid = _select(labels, lead, idx).to(hidden.device) != ignore_index
     else:
         valid = torch.ones(n, dtype=torch.bool, device=hidden.device)
+    name = resolve_backend(backend, hidden.device)
+    mod = _module(name)
+    into = None
+    if weight_grad_into is not None:
+        into = _weight_grad_buffer(weight_grad_into, weight, reduction)[:v]
+        if name != "chunked":
+            weight, into = _grad_through_hook(weight, into), None
     w, b = _vocab_rows(weight, v), _vocab_rows(student_bias, v)
-    mod = _module(resolve_backend(backend, hidden.device))
     shape = _out_shape(lead, idx)
     if reduction == "none":
         kl, ent = mod.kl(h, w, b, tch, kind, beta, t, None, idx)
@@ -317,7 +359,8 @@ def linear_kl(student_hidden: Tensor, student_weight: Tensor, teacher: object, *
         weights = valid.to(torch.float64 if h.dtype == torch.float64 else torch.float32)
         if reduction == "mean":
             weights = weights / valid.sum().clamp_min(1)
-        loss, kl, ent = mod.kl(h, w, b, tch, kind, beta, t, weights, idx)
+        extra = {} if into is None else {"weight_grad": into}
+        loss, kl, ent = mod.kl(h, w, b, tch, kind, beta, t, weights, idx, **extra)
         kl = torch.where(valid, kl, 0.0)
     _check_outputs([ent, kl], idx, {
         "student_hidden": (h, False, True), "student_weight": (w, False, False), "student_bias": (b, False, False),

@@ -6,7 +6,10 @@ Each chunk computes its [chunk, V] logits, reduces them to per-row results and d
 - eager (`linear_kl` with reduction "sum"/"mean", whose loss is a known weighted sum of rows): the
   forward builds the gradients chunk by chunk while the logits are at hand (no second pass over the
   vocabulary); the backward only scales them by the incoming scalar gradient. Same memory, 2 fewer
-  matmuls than recompute.
+  matmuls than recompute. With `weight_grad` (a caller's fp32 buffer, e.g. the weight's persistent
+  .grad) the weight gradient is accumulated straight into that buffer chunk by chunk, so no [V, H]
+  gradient is allocated at all; autograd then returns None for the weight, and the backward checks
+  that the incoming gradient is exactly 1 (the buffer already holds d loss / d W unscaled).
 `rows` (an int64 index into the flattened positions, any order, repeats allowed) is gathered chunk by
 chunk: each chunk reads h[rows[i:j]] and the teacher's same rows, so no [len(rows), H] copy of the
 student or teacher hidden states exists. The hidden gradient is built for the selected rows
@@ -183,6 +186,21 @@ def _log_softmax(z: Tensor) -> Tensor:
     return torch.log_softmax(z, -1)
 
 
+def _jsd_live_nograd(hc, w, b, tc: Teacher, beta, temperature):
+    """JSD(beta) against a live teacher, values only (the scoring pass): at most 4 [chunk, V] blocks
+    (the general path holds about 10). Live logits are finite, so no 0 * -inf guards are needed: the
+    mixture's log-prob lm is taken in log space (logaddexp) and stays finite where both p and q underflow.
+    loss = beta * sum q (lq - lm) + (1 - beta) * sum p (s - lm)."""
+    lq = _log_softmax(_logits(tc.hidden, tc.weight, tc.bias, temperature))
+    s = _log_softmax(_logits(hc, w, b, temperature))
+    p, q = s.exp(), lq.exp()
+    p_s, q_lq = _rowdot(p, s), _rowdot(q, lq)
+    lm = torch.logaddexp(lq.add_(math.log(beta)), s.add_(math.log1p(-beta)), out=lq)
+    del s
+    loss = beta * (q_lq - _rowdot(q, lm)) + (1.0 - beta) * (p_s - _rowdot(p, lm))
+    return loss, -p_s
+
+
 def _kl_chunk_live(hc, w, b, tc: Teacher, kind, temperature, sl, row_grad, grads):
     """Forward / reverse KL against a live teacher: no -inf anywhere, so fewer passes and temporaries
     (at most 3 [chunk, V] blocks)."""
@@ -216,6 +234,8 @@ def _kl_chunk(hc, w, b, tc: Teacher, kind, beta, temperature, sl, row_grad, grad
     (sl: their rows in the selected-rows dH)."""
     if tc.kind == "live" and kind != "jsd":
         return _kl_chunk_live(hc, w, b, tc, kind, temperature, sl, row_grad, grads)
+    if tc.kind == "live" and row_grad is None:
+        return _jsd_live_nograd(hc, w, b, tc, beta, temperature)
     z = _logits(hc, w, b, temperature)
     lse = z.logsumexp(-1)
     lq = _teacher_logprobs(tc, temperature, z.dtype)
@@ -271,44 +291,57 @@ class _KLRecomputeFn(torch.autograd.Function):
 
 
 class _KLEagerFn(torch.autograd.Function):
-    """loss = sum_i weights_i * kl_i; gradients built in the forward, scaled in the backward."""
+    """loss = sum_i weights_i * kl_i; gradients built in the forward, scaled in the backward. With
+    `weight_grad`, the weight gradient goes into that buffer in the forward instead (see the module
+    docstring)."""
 
     @staticmethod
-    def forward(ctx, h, w, b, teacher, kind, beta, temperature, chunk, weights, grad_enabled, idx):
+    def forward(ctx, h, w, b, teacher, kind, beta, temperature, chunk, weights, grad_enabled, idx, weight_grad):
         n = weights.shape[0]
         kl = torch.empty(n, dtype=_dtype(h), device=h.device)
         ent = torch.empty_like(kl)
         # needs_input_grad stays True under torch.no_grad(): don't build gradients nobody will use.
         needs = tuple(grad_enabled and x for x in ctx.needs_input_grad[:3])
-        grads = _grad_buffers(n, h, w, b, needs) if any(needs) else None
+        into = weight_grad is not None and needs[1]
+        grads = _grad_buffers(n, h, w, b, (needs[0], needs[1] and not into, needs[2])) if any(needs) else None
+        if into:
+            grads[1] = weight_grad
         weights = weights.to(kl.dtype)
         for sl, r in _chunks(n, chunk, idx):
             kl[sl], ent[sl] = _kl_chunk(h[r], w, b, teacher.take(r), kind, beta, temperature, sl,
                                         weights[sl] if grads else None, grads)
+        if into:
+            grads[1] = None  # already where it belongs: autograd returns None for the weight
         # dH stays [n, H] (selected rows) here; the backward scatters it to h's rows.
         ctx.grads = _cast(grads, (h, w, b)) if grads else (None, None, None)
-        ctx.idx, ctx.n_rows = idx, h.shape[0]
+        ctx.idx, ctx.n_rows, ctx.into = idx, h.shape[0], into
         ctx.mark_non_differentiable(kl, ent)
         return (kl * weights).sum(), kl, ent
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_loss, _g_kl, _g_ent):
+        if ctx.into and bool(g_loss != 1):
+            raise RuntimeError(
+                "linear_kl(weight_grad_into=...) added d loss / d weight to the buffer during the forward, "
+                f"so the loss must be backpropagated with gradient 1 (loss.backward()), got {float(g_loss)}; "
+                "scale the gradients after the backward instead")
         # Scale the gradients built in the forward in place: they are released here (ctx.grads = None),
         # so no second [V, H] buffer is ever allocated for the weight gradient.
         grads = tuple(None if g is None else g.mul_(g_loss.to(g.dtype)) for g in ctx.grads)
         ctx.grads = None
-        return *_scatter(grads, ctx.idx, ctx.n_rows), None, None, None, None, None, None, None, None
+        return *_scatter(grads, ctx.idx, ctx.n_rows), None, None, None, None, None, None, None, None, None
 
 
 def kl(h: Tensor, w: Tensor, b: Tensor | None, teacher: Teacher, kind: str, beta: float,
        temperature: float, weights: Tensor | None, rows: Tensor | None = None,
-       chunk: int | None = None) -> tuple[Tensor, ...]:
+       chunk: int | None = None, weight_grad: Tensor | None = None) -> tuple[Tensor, ...]:
     """h [N, H] and the teacher's per-row tensors [N, ...]; outputs (and `weights`) are for the n
-    selected rows (`rows`, or all N)."""
+    selected rows (`rows`, or all N). weight_grad: a buffer of w's shape in the accumulation dtype
+    (eager mode only) that receives d loss / d w during the forward."""
     n = h.shape[0] if rows is None else rows.shape[0]
     chunk = chunk or chunk_rows(n, h.shape[1], w.shape[0])
     if weights is None:
         return _KLRecomputeFn.apply(h, w, b, teacher, kind, beta, temperature, chunk, n, rows)
     return _KLEagerFn.apply(h, w, b, teacher, kind, beta, temperature, chunk, weights, torch.is_grad_enabled(),
-                            rows)
+                            rows, weight_grad)
