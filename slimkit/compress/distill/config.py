@@ -82,6 +82,11 @@ class SelectConfig(StageConfig):
 
 
 class OptimConfig(StageConfig):
+    """AdamW with warmup + cosine. `fused`: PyTorch's fused AdamW (one kernel per parameter, CPU and
+    CUDA): the same update up to float rounding, faster, and without the foreach path's temporaries
+    the size of all parameters (at vocabulary 151936 those were the largest transient of a step)."""
+
+    fused: bool = True
     lr: float = Field(1e-4, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.95)
@@ -91,6 +96,26 @@ class OptimConfig(StageConfig):
 
 
 class TrainConfig(StageConfig):
+    """The loop. Memory options (exact: they change where gradients are written, not their values):
+
+    - fuse_weight_grad: the fused KL kernel adds the student lm_head's weight gradient straight into
+      the weight's persistent `.grad` during its forward (gradient-accumulation fusion), instead of
+      building its own [V, H] gradient that autograd then adds there. The loss is backpropagated with
+      gradient 1 and all gradients are scaled by 1 / kept tokens afterwards, as the kernel requires.
+    - sparse_embedding_grad: the input embedding's backward yields a sparse gradient (the rows of the
+      tokens present), which autograd adds in place into the persistent dense `.grad`, instead of a
+      dense [V, H] temporary. AdamW still sees a dense gradient.
+    Both keep `.grad` allocated across steps (zeroed, not freed). Single process only: under DDP they
+    are off (DDP's reducer expects autograd to deliver every gradient, dense unless the module was
+    built sparse), and gradients are built the usual way.
+    - teacher_micro_batch: sequences per teacher forward (no grad; its activations are transient, so
+      smaller blocks lower the step's peak at a small speed cost). None: the whole micro-batch.
+    - gradient_checkpointing: recompute the student body's activations in the backward.
+    - mlp_tiles: run each student MLP over this many blocks of token rows, each checkpointed
+      (TiledMLP, see slimkit/compress/distill/memory.py): same result, the [tokens, intermediate]
+      activations exist for one block at a time. Costs one more MLP forward per step; 1 = off.
+    """
+
     steps: int = Field(100, ge=1)
     prompts_per_step: int = Field(16, ge=1, description="global: split across DDP ranks")
     micro_batch: int = Field(16, ge=1, description="sequences per forward/backward")
@@ -98,6 +123,10 @@ class TrainConfig(StageConfig):
     dtype: Literal["float32", "bfloat16"] = "float32"
     teacher_dtype: Literal["float32", "bfloat16"] | None = None
     gradient_checkpointing: bool = Field(False, description="recompute the student body's activations in backward")
+    fuse_weight_grad: bool = Field(True, description="lm_head weight gradient straight into its .grad (1 process)")
+    sparse_embedding_grad: bool = Field(True, description="sparse input-embedding gradient into .grad (1 process)")
+    teacher_micro_batch: int | None = Field(None, ge=1, description="sequences per teacher forward (None: micro_batch)")
+    mlp_tiles: int = Field(1, ge=1, description="student MLPs in this many checkpointed token blocks (1: off)")
     device: str = "auto"
     threads: int | None = Field(None, ge=1)
     checkpoint_every: int = Field(50, ge=0, description="0: only at the end and on SIGTERM")

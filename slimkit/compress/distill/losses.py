@@ -64,10 +64,13 @@ class Teacher:
 
 
 def kl(student_hidden: torch.Tensor, student_weight: torch.Tensor, teacher: Teacher, *, kind: str,
-       beta: float, temperature: float, rows: torch.Tensor | None = None, reduction: str = "sum"):
-    """(loss, per-token divergence, per-token student entropy) from `slimkit.kernels.linear_kl`."""
+       beta: float, temperature: float, rows: torch.Tensor | None = None, reduction: str = "sum",
+       weight_grad_into: torch.Tensor | None = None):
+    """(loss, per-token divergence, per-token student entropy) from `slimkit.kernels.linear_kl`.
+    weight_grad_into: see linear_kl (the loss must then be backpropagated with gradient 1)."""
     out = kernels.linear_kl(student_hidden, student_weight, teacher.spec(), kind=kind, beta=beta,
-                            temperature=temperature, rows=rows, reduction=reduction)
+                            temperature=temperature, rows=rows, reduction=reduction,
+                            weight_grad_into=weight_grad_into)
     return out.loss, out.kl, out.entropy
 
 

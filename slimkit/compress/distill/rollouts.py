@@ -39,6 +39,11 @@ class Batch:
     def num_targets(self) -> int:
         return int(self.target_mask.sum())
 
+    def split(self, n: int) -> list[Batch]:
+        """Blocks of n sequences (same padding), in order."""
+        return [Batch(*(x[i : i + n] for x in (self.input_ids, self.attention_mask, self.target_mask)))
+                for i in range(0, self.input_ids.shape[0], n)]
+
 
 def collate(rollouts: Sequence[Rollout], pad_id: int, device: str | torch.device = "cpu") -> Batch:
     seqs = [r.prompt_ids + r.completion_ids for r in rollouts]

@@ -13,6 +13,11 @@ each micro-batch of sequences:
 Gradients are then divided by the number of kept tokens of the whole optimizer step (summed over
 micro-batches and DDP ranks), so gradient accumulation and data parallelism give the same update as
 one big batch. Then clipping, AdamW, and the warmup + cosine schedule.
+
+Memory (single process, `train.fuse_weight_grad` / `train.sparse_embedding_grad`, on by default): the
+gradients stay allocated across steps; the kernel accumulates the lm_head weight's gradient straight
+into its `.grad`, and the input embedding's sparse gradient is added there in place, so no [V, H]
+gradient temporary exists during a step. Under DDP both are off.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from slimkit import artifacts
 from slimkit.compress.distill import checkpoint
 from slimkit.compress.distill.config import DistillConfig
 from slimkit.compress.distill.losses import Body, Teacher, kl, last_hidden, lm_head, scores, targets
+from slimkit.compress.distill.memory import tile_mlps
 from slimkit.compress.distill.metrics import LiveTable, MetricsLog, PeakMemory
 from slimkit.compress.distill.models import DTYPES, load_examples, load_pair
 from slimkit.compress.distill.rollouts import DatasetSource, StudentSource, TeacherSource, collate
@@ -148,6 +154,14 @@ class Distiller:
         self.student.train()
         if cfg.train.gradient_checkpointing:
             self.student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.train.mlp_tiles > 1:
+            tile_mlps(self.student, cfg.train.mlp_tiles)
+        # DDP's reducer expects every gradient from autograd (dense unless the module was built sparse).
+        self.fuse_weight_grad = cfg.train.fuse_weight_grad and not self.env.ddp
+        sparse_embedding = cfg.train.sparse_embedding_grad and not self.env.ddp
+        if sparse_embedding:
+            self.student.get_input_embeddings().sparse = True
+        self.persistent_grads = self.fuse_weight_grad or sparse_embedding
         self.model: torch.nn.Module = Body(self.student)
         if self.env.ddp:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -155,7 +169,11 @@ class Distiller:
             self.model = DDP(self.model, device_ids=[self.env.device] if self.env.device.type == "cuda" else None)
         o = cfg.optim
         self.params = [p for p in self.student.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(self.params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        if self.persistent_grads:  # dense before the first backward: a sparse gradient is then added into it
+            for p in self.params:
+                p.grad = torch.zeros_like(p)
+        self.opt = torch.optim.AdamW(self.params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay,
+                                     fused=o.fused or None)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, functools.partial(
             lr_factor, warmup=o.warmup_steps, total=cfg.train.steps, min_ratio=o.min_lr_ratio))
         self.step = 0
@@ -223,8 +241,9 @@ class Distiller:
         if self.topk is not None:
             ids, lps = self.topk.rows(part, self.env.device)
             return Teacher(ids=ids, logprobs=lps)
+        blocks = batch.split(self.cfg.train.teacher_micro_batch or batch.input_ids.shape[0])
         with torch.no_grad():
-            th = targets(last_hidden(self.teacher, batch), batch)
+            th = torch.cat([targets(last_hidden(self.teacher, b), b) for b in blocks])
         return Teacher(hidden=th, weight=lm_head(self.teacher)[0])
 
     def _micro_step(self, part, micro: int, sums: dict[str, float]) -> None:
@@ -253,8 +272,11 @@ class Distiller:
         if rows is not None and rows.numel() == 0 or h.shape[0] == 0:
             loss = (h.sum() + w.sum()) * 0.0  # nothing kept: an empty backward keeps DDP ranks in step
         else:
+            # fused: d loss / d w goes into w.grad in the kernel's forward; the raw sum is backpropagated
+            # (gradient 1, as the kernel requires) and scaled by 1 / kept tokens in train_step.
             loss, _, _ = kl(h, w, teacher, kind=cfg.loss.kind, beta=cfg.loss.beta,
-                            temperature=cfg.loss.temperature, rows=rows, reduction="sum")
+                            temperature=cfg.loss.temperature, rows=rows, reduction="sum",
+                            weight_grad_into=w.grad if self.fuse_weight_grad else None)
         loss.backward()
         sums["loss_sum"] += float(loss.detach())
         sums["sequences"] += len(part)
@@ -267,7 +289,7 @@ class Distiller:
         idx = idx[env.rank :: env.world]
         rollouts = self.source.get(idx, model=self.student, seed=self._seed(self.step, env.rank, -1), step=self.step)
         t1 = time.perf_counter()
-        self.opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad(set_to_none=not self.persistent_grads)
         sums: dict[str, float] = defaultdict(float)
         with PeakMemory(env.device) as mem:
             micro = [rollouts[i : i + cfg.train.micro_batch] for i in range(0, len(rollouts), cfg.train.micro_batch)]
