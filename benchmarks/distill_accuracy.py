@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -26,7 +27,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: idle thread
 CONFIGS = {
     "all": ["select.method=all"],
     "entropy_top_0.5": ["select.method=entropy_top", "select.ratio=0.5"],
-    "q3": ["select.method=quadrant", "select.quadrants=[Q3]"],
+    # Q3 = low student entropy and high teacher-student divergence ("overconfident and wrong"). On a
+    # peaked model (most tokens H ~ 0, D ~ 0) median thresholds make "high D" mean D > 1e-4, i.e. tokens
+    # where both agree; the student is then trained only to flatten its confident tokens and collapses
+    # (q3_median). Absolute thresholds pick real disagreements: H < 1 nat, JSD >= 0.05 nats.
+    "q3": ["select.method=quadrant", "select.quadrants=[Q3]", "select.threshold=absolute",
+           "select.entropy_threshold=1.0", "select.divergence_threshold=0.05"],
+    "q3_median": ["select.method=quadrant", "select.quadrants=[Q3]"],
     "entropy_sample_0.5": ["select.method=entropy_sample", "select.ratio=0.5"],
 }
 
@@ -41,10 +48,10 @@ def main() -> None:
     ap.add_argument("--test-n", type=int, default=600)
     ap.add_argument("--out", default="benchmarks/results/distill_accuracy")
     ap.add_argument("--q3-divergence-quantile", type=float, default=0.5,
-                    help="Q3 = entropy below its median and divergence above this quantile")
+                    help="q3_median: entropy below its median and divergence above this quantile")
     ap.add_argument("--reuse", action="store_true", help="skip runs whose student already exists")
     args = ap.parse_args()
-    CONFIGS["q3"] = [*CONFIGS["q3"], f"select.divergence_threshold={args.q3_divergence_quantile}"]
+    CONFIGS["q3_median"] = [*CONFIGS["q3_median"], f"select.divergence_threshold={args.q3_divergence_quantile}"]
 
     import torch
 
@@ -62,19 +69,24 @@ def main() -> None:
         cmd = [sys.executable, "-m", "slimkit.cli", "distill", args.recipe] + [a for s in sets for a in ("--set", s)]
         print(" ".join(cmd), flush=True)
         t0 = time.time()
+        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_s = None
         if args.reuse and (out / "student" / "slimkit.json").is_file():
-            wall = json.loads((out / "wall.json").read_text())["wall_s"]
+            done = json.loads((out / "wall.json").read_text())
+            wall, cpu_s = done["wall_s"], done.get("cpu_s")
         else:
             p = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True)
             wall = time.time() - t0
+            cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
             if p.returncode:
                 sys.exit(f"{name} failed:\n{p.stderr[-3000:]}")
-            (out / "wall.json").write_text(json.dumps({"wall_s": wall, "cmd": cmd}) + "\n")
+            (out / "wall.json").write_text(json.dumps({"wall_s": wall, "cpu_s": cpu_s, "cmd": cmd}) + "\n")
         recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
         steps = [r for r in recs if "loss" in r]
         evals = [(r["step"], r["eval_acc"]) for r in recs if "eval_acc" in r]
         train_s = sum(r["step_s"] for r in steps)
-        rows.append({"config": name, "overrides": sets, "wall_s": wall, "train_s": train_s,
+        rows.append({"config": name, "overrides": sets, "wall_s": wall, "cpu_s": cpu_s, "train_s": train_s,
                      "steps": len(steps), "keep_frac": sum(r["kept"] for r in steps) / sum(r["tokens"] for r in steps),
                      "val_curve": evals, "peak_mem_mb_max": max(r["peak_mem_mb"] for r in steps)})
         print(f"  {name}: {wall:.0f}s wall, {train_s:.0f}s in steps, val {evals}", flush=True)
@@ -100,12 +112,13 @@ def main() -> None:
     md = [f"# Toy-world OPD accuracy vs token selection\n\n`{meta['command']}`  \n{meta['machine']}, "
           f"{meta['cpus']} CPUs (shared; load {meta['loadavg'][0]:.1f}), {meta['time']}  \n"
           f"student before distillation: arith test accuracy {res_start['accuracy']:.1%} (n={args.test_n})\n",
-          "| selector | tokens trained | steps | wall s | test acc | gain (pts) | vs all (pts) | val curve |",
-          "|---|---|---|---|---|---|---|---|"]
+          "| selector | tokens trained | steps | wall s | CPU s | test acc | gain (pts) | vs all (pts) | val curve |",
+          "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         vs = "" if r["vs_all_points"] is None else f"{r['vs_all_points']:+.1f}"
         curve = ", ".join(f"{s}:{a:.2f}" for s, a in r["val_curve"])
-        md.append(f"| {r['config']} | {r['keep_frac']:.1%} | {r['steps']} | {r['wall_s']:.0f} | {r['test_acc']:.1%} | "
+        cpu = "" if r.get("cpu_s") is None else f"{r['cpu_s']:.0f}"
+        md.append(f"| {r['config']} | {r['keep_frac']:.1%} | {r['steps']} | {r['wall_s']:.0f} | {cpu} | {r['test_acc']:.1%} | "
                   f"{r['gain_points']:+.1f} | {vs} | {curve} |")
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
