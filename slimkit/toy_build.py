@@ -21,11 +21,12 @@ TEACHER = {"hidden": 128, "layers": 4, "heads": 4, "kv_heads": 2, "head_dim": 32
            "init_std": 0.08}
 STUDENT = {"hidden": 128, "layers": 2, "heads": 4, "kv_heads": 2, "head_dim": 32, "intermediate": 256,
            "init_std": 0.08}
-TEACHER_STEPS = 1800
+TEACHER_STEPS = 2000
 STUDENT_STEPS = 1000  # at most; the student stops once it reaches STUDENT_STOP on validation
 STUDENT_STOP = 0.30  # validation arith accuracy, checked every STUDENT_CHECK steps (deterministic)
 STUDENT_CHECK = 100
-TEACHER_WEIGHTS = {"arith": 0.5, "jobs": 0.5}
+TEACHER_WEIGHTS = {"arith": 0.55, "jobs": 0.45}
+TEACHER_BATCH = {"arith": 64, "jobs": 32}  # jobs needs many steps (a comparison), not many examples
 STUDENT_WEIGHTS = {"arith": 1.0}  # the student starts from arith only: distillation brings the rest
 TRAIN_SIZES = {"arith": 50000, "jobs": 20000}
 EVAL_N = {"arith": 600, "jobs": 600}
@@ -108,7 +109,8 @@ def build(root: str | os.PathLike, *, scale: float | None = None, eval_n: dict[s
             for name, shape, steps, seed, weights in (("teacher", TEACHER, TEACHER_STEPS, 0, TEACHER_WEIGHTS),
                                                       ("student", STUDENT, STUDENT_STEPS, 1, STUDENT_WEIGHTS)):
                 cfg = SFTConfig(steps=max(1, round(steps * scale)), seed=seed,
-                                warmup=min(100, max(1, round(steps * scale) // 10)))
+                                warmup=min(100, max(1, round(steps * scale) // 10)),
+                                task_batch_size=TEACHER_BATCH if name == "teacher" else None)
                 model = toy.new_model(tok, seed=seed, **shape)
                 params = sum(p.numel() for p in model.parameters())
                 console.print(f"[bold]{name}[/]: Qwen3 {shape}, {params / 1e6:.2f}M parameters, {cfg.steps} steps")

@@ -30,6 +30,7 @@ class SFTConfig:
     grad_clip: float = 1.0
     seed: int = 0
     pool_batches: int = 8  # batches per length-sorted pool
+    task_batch_size: dict[str, int] | None = None  # per-task override of batch_size
 
 
 def encode(tokenizer, examples: list[Example]) -> list[tuple[list[int], list[int]]]:
@@ -90,7 +91,8 @@ def train(model, tokenizer, data: dict[str, list[Example]], weights: dict[str, f
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    pools = {name: _Pools(encode(tokenizer, exs), cfg.batch_size, cfg.pool_batches, rng)
+    sizes = cfg.task_batch_size or {}
+    pools = {name: _Pools(encode(tokenizer, exs), sizes.get(name, cfg.batch_size), cfg.pool_batches, rng)
              for name, exs in data.items() if weights.get(name, 0) > 0}
     names = sorted(pools)
     # deterministic interleaving: each step goes to the task furthest behind its share
