@@ -51,7 +51,7 @@ def markdown(record: dict, command: str, mach: dict) -> str:
         "|---|---|---|",
         f"| shape | {t['shape']} | {s['shape']} |",
         f"| parameters | {t['params'] / 1e6:.2f}M | {s['params'] / 1e6:.2f}M |",
-        f"| train steps (batch 64) | {t['steps']} | {s['steps']} |",
+        f"| train steps | {t['steps']} | {s['steps']} |",
         f"| train time | {t['train_seconds']:.0f} s | {s['train_seconds']:.0f} s |",
         f"| train tokens/s | {t['train_tokens_per_s']:.0f} | {s['train_tokens_per_s']:.0f} |",
         f"| arith accuracy (test, n={t['arith']['n']}) | {t['arith']['accuracy']:.1%} | {s['arith']['accuracy']:.1%} |",
