@@ -96,7 +96,8 @@ class OptimConfig(StageConfig):
 
 
 class TrainConfig(StageConfig):
-    """The loop. Memory options (exact: they change where gradients are written, not their values):
+    """The loop. Memory options; the first two are exact and free (they change where gradients are
+    written, not their values), the others trade compute for activation memory:
 
     - fuse_weight_grad: the fused KL kernel adds the student lm_head's weight gradient straight into
       the weight's persistent `.grad` during its forward (gradient-accumulation fusion), instead of
@@ -105,7 +106,9 @@ class TrainConfig(StageConfig):
     - sparse_embedding_grad: the input embedding's backward yields a sparse gradient (the rows of the
       tokens present), which autograd adds in place into the persistent dense `.grad`, instead of a
       dense [V, H] temporary. AdamW still sees a dense gradient.
-    Both keep `.grad` allocated across steps (zeroed, not freed). Single process only: under DDP they
+    Both keep `.grad` allocated across steps (zeroed, not freed; so a parameter without any gradient
+    in a step would get AdamW's zero-gradient update instead of none; every student parameter gets a
+    gradient in every step here, the tied lm_head/embedding whole). Single process only: under DDP they
     are off (DDP's reducer expects autograd to deliver every gradient, dense unless the module was
     built sparse), and gradients are built the usual way.
     - teacher_micro_batch: sequences per teacher forward (no grad; its activations are transient, so

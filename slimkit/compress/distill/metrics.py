@@ -47,12 +47,13 @@ def _reset_hwm() -> bool:
 
 
 class PeakMemory:
-    """`with PeakMemory(device) as m: ...` then `m.peak_bytes` (peak over the block minus the start)."""
+    """`with PeakMemory(device) as m: ...` then `m.peak_bytes` (peak over the block minus the start) and
+    `m.start_bytes` (RSS, or CUDA memory allocated, when the block began)."""
 
     def __init__(self, device: torch.device | str = "cpu", *, method: str | None = None):
         self.device = torch.device(device)
         self.method = method
-        self.peak_bytes = 0
+        self.peak_bytes = self.start_bytes = 0
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -60,15 +61,15 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-            self._start = torch.cuda.memory_allocated(self.device)
+            self.start_bytes = torch.cuda.memory_allocated(self.device)
             self.method = "cuda_max_memory_allocated"
             return self
-        self._start = _rss()
+        self.start_bytes = _rss()
         if self.method != "sampling" and _reset_hwm():
             self.method = "proc_hwm"
         else:
             self.method = "sampling"
-            self._max = self._start
+            self._max = self.start_bytes
             self._stop.clear()
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
@@ -90,7 +91,7 @@ class PeakMemory:
             assert self._thread is not None
             self._thread.join()
             peak = max(self._max, _rss())
-        self.peak_bytes = max(0, peak - self._start)
+        self.peak_bytes = max(0, peak - self.start_bytes)
 
 
 class MetricsLog:

@@ -314,7 +314,8 @@ class Distiller:
         record = {"step": self.step, "loss": totals["loss_sum"] / max(totals["kept"], 1.0), "lr": lr,
                   "grad_norm": grad_norm, "tokens": int(totals["tokens"]), "kept": int(totals["kept"]),
                   "completion_len": totals["completion_tokens"] / max(totals["sequences"], 1.0),
-                  "peak_mem_mb": mem.peak_bytes / 2**20, "mem_method": mem.method,
+                  "peak_mem_mb": mem.peak_bytes / 2**20, "mem_start_mb": mem.start_bytes / 2**20,
+                  "mem_method": mem.method,
                   "rollout_s": t1 - t0, "step_s": time.perf_counter() - t0, "world": env.world}
         record.update(finish_quadrants(totals))
         return record
