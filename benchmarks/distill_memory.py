@@ -1,18 +1,26 @@
 """Peak memory (and time) of one distillation training step vs the token-selection keep ratio.
 
 Random-init Qwen3 teacher and student of realistic width (student hidden 512, teacher hidden 1024,
-vocabulary 151936, a few layers), 8 sequences of 512 tokens, live teacher, reverse KL. Each selector
-runs in a fresh subprocess; the step's peak is measured by the trainer itself (CPU: peak RSS over the
-step minus RSS at its start, via the kernel's resettable high-water mark; see
-slimkit/compress/distill/metrics.py). A tiny warmup step first allocates the AdamW state, so the
-measured step is a steady-state one (weights, gradients' and optimizer's memory excluded).
+vocabulary 151936, a few layers), 8 sequences of 512 tokens, live teacher, reverse KL. Each config runs
+in a fresh subprocess; the step's peak is measured by the trainer itself (CPU: peak RSS over the step
+minus RSS at its start, via the kernel's resettable high-water mark; see
+slimkit/compress/distill/metrics.py). A tiny warmup step first allocates the AdamW state and the
+persistent gradients, so the measured step is a steady-state one (weights, gradients' and optimizer's
+memory excluded).
 glibc's mmap threshold is fixed at 64 KiB in the workers (MALLOC_MMAP_THRESHOLD_), so freed tensors go
 back to the OS at once and RSS follows live memory; with glibc's dynamic threshold, tensors of up to
 32 MiB stay in the heap after they are freed and the per-step RSS delta moves by hundreds of MiB
 depending on what earlier steps left there.
 
+A config is a selector (see SELECTORS) followed by variant tags (see VARIANTS), e.g.
+"entropy_top r=0.5 +ckpt +tiles"; its ratio is taken against "all" with the same tags. `--set` adds
+recipe overrides to every config. `--phases` runs one more, instrumented step per config and records
+the peak of each phase of the step (teacher forward, student body, scoring, the fused KL kernel,
+backward, optimizer) above the step's starting RSS: what the step's peak consists of.
+
     .venv/bin/python benchmarks/distill_memory.py                      # writes benchmarks/results/distill_memory.{json,md}
     .venv/bin/python benchmarks/distill_memory.py --layers 2 --seqs 8 --seq-len 512
+    .venv/bin/python benchmarks/distill_memory.py --configs "all +ckpt,entropy_top r=0.5 +ckpt" --phases
 """
 
 from __future__ import annotations
@@ -30,14 +38,27 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: idle threads sleep on a shared CPU
 
-CONFIGS = {
+SELECTORS = {
     "all": ["select.method=all"],
     "entropy_top r=0.5": ["select.method=entropy_top", "select.ratio=0.5"],
     "entropy_top r=0.25": ["select.method=entropy_top", "select.ratio=0.25"],
     "quadrant Q3": ["select.method=quadrant", "select.quadrants=[Q3]"],
-    "all +ckpt": ["select.method=all", "train.gradient_checkpointing=true"],
-    "entropy_top r=0.5 +ckpt": ["select.method=entropy_top", "select.ratio=0.5", "train.gradient_checkpointing=true"],
 }
+VARIANTS = {
+    "+ckpt": ["train.gradient_checkpointing=true"],
+    "+tiles": ["train.mlp_tiles=4"],
+    # the pre-fusion gradient path: dense [V, H] lm_head / embedding gradients, foreach AdamW
+    "+unfused": ["train.fuse_weight_grad=false", "train.sparse_embedding_grad=false", "optim.fused=false"],
+}
+
+
+def parse_config(name: str) -> tuple[str, list[str], list[str]]:
+    """'entropy_top r=0.5 +ckpt' -> ('entropy_top r=0.5', ['+ckpt'], recipe overrides)."""
+    parts = name.split(" +")
+    selector, tags = parts[0].strip(), ["+" + t.strip() for t in parts[1:]]
+    if selector not in SELECTORS or any(t not in VARIANTS for t in tags):
+        sys.exit(f"unknown config {name!r}: selectors {list(SELECTORS)}, variant tags {list(VARIANTS)}")
+    return selector, tags, SELECTORS[selector] + [o for t in tags for o in VARIANTS[t]]
 
 
 class SyntheticSource:
@@ -54,6 +75,52 @@ class SyntheticSource:
         return self.rollouts
 
 
+def phase_probe(d) -> dict[str, float]:
+    """Instrument `d` so that its next train_step records each phase's peak RSS (MiB above the RSS right
+    after the step's zero_grad) into the returned dict (max over repeats). Resets the kernel's RSS
+    high-water mark at every phase boundary, so the trainer's own step peak is void for that step."""
+    import torch
+
+    from slimkit.compress.distill import trainer
+    from slimkit.compress.distill.metrics import _hwm, _reset_hwm, _rss
+
+    peaks: dict[str, float] = {}
+    state = {"base": None}
+
+    def mark(phase: str) -> None:
+        if state["base"] is not None:
+            peaks[phase] = max(peaks.get(phase, 0.0), (_hwm() - state["base"]) / 2**20)
+        _reset_hwm()
+
+    def wrap(obj, attr: str, phase: str) -> None:
+        f = getattr(obj, attr)
+
+        def g(*a, **k):
+            mark("between phases")
+            out = f(*a, **k)
+            mark(phase)
+            return out
+
+        setattr(obj, attr, g)
+
+    zero_grad = d.opt.zero_grad
+
+    def zero_grad_then_base(*a, **k):
+        zero_grad(*a, **k)
+        state["base"] = _rss()
+        _reset_hwm()
+
+    d.opt.zero_grad = zero_grad_then_base
+    wrap(trainer, "last_hidden", "teacher forward")
+    wrap(d.model, "forward", "student body forward")
+    wrap(trainer, "scores", "scoring (no grad)")
+    wrap(trainer, "kl", "fused KL forward")
+    wrap(torch.autograd, "backward", "backward")
+    wrap(torch.nn.utils, "clip_grad_norm_", "clip")
+    wrap(d.opt, "step", "optimizer step")
+    return peaks
+
+
 def worker(args) -> None:
     import torch
 
@@ -64,8 +131,8 @@ def worker(args) -> None:
     cfg = load_recipe(None, [
         f"teacher={args.models}/teacher", f"student={args.models}/student", f"out={args.models}/run",
         "rollout.source=dataset", f"data.n={args.seqs}", f"train.prompts_per_step={args.seqs}",
-        f"train.micro_batch={args.seqs}", f"train.steps={args.steps + 1}", "train.live_table=false",
-        "eval.at_start=false", "loss.kind=reverse", *CONFIGS[args.worker]])
+        f"train.micro_batch={args.seqs}", f"train.steps={args.steps + 2}", "train.live_table=false",
+        "eval.at_start=false", "loss.kind=reverse", *parse_config(args.worker)[2], *args.set])
     d = Distiller(cfg)
     # a tiny first step allocates AdamW's state (and .grad), so the measured steps are steady-state ones
     d.source = SyntheticSource(len(d.tok), 1, 32)
@@ -74,8 +141,13 @@ def worker(args) -> None:
     recs = []
     for _ in range(args.steps):
         r = d.train_step()
-        recs.append({k: r[k] for k in ("step", "peak_mem_mb", "step_s", "tokens", "kept", "keep_frac", "mem_method")})
-    print("RESULT " + json.dumps(recs))
+        recs.append({k: r[k] for k in ("step", "peak_mem_mb", "mem_start_mb", "step_s", "tokens", "kept", "keep_frac",
+                                       "mem_method")})
+    phases = None
+    if args.phases:
+        phases = phase_probe(d)
+        d.train_step()
+    print("RESULT " + json.dumps({"steps": recs, "phases": phases}))
 
 
 def build_models(root: Path, args) -> None:
@@ -98,7 +170,11 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--steps", type=int, default=1, help="measured steps (after a tiny warmup step)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--configs", default="all,entropy_top r=0.5,entropy_top r=0.25,quadrant Q3")
+    ap.add_argument("--configs", default="all,entropy_top r=0.5,all +ckpt,entropy_top r=0.5 +ckpt",
+                    help="comma-separated: a selector, then variant tags (+ckpt, +tiles, +unfused)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="recipe override for every config (repeatable), e.g. train.teacher_micro_batch=2")
+    ap.add_argument("--phases", action="store_true", help="one more, instrumented step: peak per phase")
     ap.add_argument("--backend", default="chunked", choices=["chunked", "reference"],
                     help="kernel backend: chunked (fused, no [N, V] logits) or reference (materializes them)")
     ap.add_argument("--mmap-threshold", type=int, default=65536,
@@ -113,10 +189,14 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory(prefix="distill-mem-") as tmp:
         build_models(Path(tmp), args)
-        for name in args.configs.split(","):
+        names = [n.strip() for n in args.configs.split(",")]
+        for name in names:
+            parse_config(name)
+        for name in names:
             cmd = [sys.executable, __file__, "--worker", name, "--models", tmp] + [
                 f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                if k in ("seqs", "seq_len", "steps", "threads")]
+                if k in ("seqs", "seq_len", "steps", "threads")] + [f"--set={o}" for o in args.set]
+            cmd += ["--phases"] if args.phases else []
             t0 = time.time()
             env = {**os.environ, "SLIMKIT_KERNEL_BACKEND": args.backend}
             if args.mmap_threshold:
@@ -126,18 +206,21 @@ def main() -> None:
                 sys.exit(f"{name} failed:\n{p.stderr[-3000:]}")
             line = next(x for x in p.stdout.splitlines() if x.startswith("RESULT "))
             results[name] = json.loads(line[7:])
-            print(f"{name}: {results[name][-1]} ({time.time() - t0:.0f}s)", flush=True)
+            print(f"{name}: {results[name]['steps'][-1]} ({time.time() - t0:.0f}s)", flush=True)
 
     rows = []
-    for name, recs in results.items():
+    for name, res in results.items():
+        recs = res["steps"]
         last = recs[-1]
-        ref = "all +ckpt" if name.endswith("+ckpt") else "all"
-        base = results[ref][-1]["peak_mem_mb"] if ref in results else None
+        ref = " ".join(["all", *parse_config(name)[1]])
+        base = results[ref]["steps"][-1]["peak_mem_mb"] if ref in results else None
         rows.append({"config": name, "keep_frac": last["keep_frac"], "tokens": last["tokens"],
                      "peak_mem_mb": last["peak_mem_mb"], "peak_vs_all": last["peak_mem_mb"] / base if base else None,
+                     "process_peak_mb": last["mem_start_mb"] + last["peak_mem_mb"],
                      "step_s": last["step_s"], "first_step_peak_mb": recs[0]["peak_mem_mb"],
-                     "mem_method": last["mem_method"]})
+                     "mem_method": last["mem_method"], "phase_peaks_mb": res["phases"]})
     meta = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": platform.platform(),
+            "recipe_overrides": args.set,
             "cpu_threads": args.threads, "kernel_backend": args.backend, "malloc_mmap_threshold": args.mmap_threshold, "shape": {k: getattr(args, k) for k in (
                 "student_hidden", "teacher_hidden", "vocab", "layers", "seqs", "seq_len")},
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -145,12 +228,27 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
     md = [f"# Distillation step memory vs token selection\n\n`{meta['command']}`  \n{meta['machine']}, "
-          f"{args.threads} threads, kernel backend {args.backend}, {meta['time']}  \nshape: {meta['shape']}\n",
-          "| selector | kept | peak MiB (last step) | vs all (same ckpt) | step s | peak MiB first step |", "|---|---|---|---|---|---|"]
+          f"{args.threads} threads, kernel backend {args.backend}, {meta['time']}  \nshape: {meta['shape']}  \n"
+          f"recipe overrides for every config: {args.set or 'none'}; variant tags: "
+          + "; ".join(f"{t} = {' '.join(o)}" for t, o in VARIANTS.items()) + "\n",
+          "step peak = peak RSS over the step minus RSS at its start (the issue's measure); process peak = "
+          "RSS at the step's start (Python, torch, both models, gradients, AdamW state) + step peak.\n",
+          "| config | kept | step peak MiB (last step) | vs all (same tags) | process peak MiB | step s | "
+          "step peak MiB first step |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         vs = f"{r['peak_vs_all']:.2f}x" if r["peak_vs_all"] is not None else ""
-        md.append(f"| {r['config']} | {r['keep_frac']:.2f} | {r['peak_mem_mb']:.0f} | {vs} | {r['step_s']:.1f} | "
-                  f"{r['first_step_peak_mb']:.0f} |")
+        md.append(f"| {r['config']} | {r['keep_frac']:.2f} | {r['peak_mem_mb']:.0f} | {vs} | {r['process_peak_mb']:.0f} | "
+                  f"{r['step_s']:.1f} | {r['first_step_peak_mb']:.0f} |")
+    phase_rows = [r for r in rows if r["phase_peaks_mb"]]
+    if phase_rows:
+        names = list(dict.fromkeys(k for r in phase_rows for k in r["phase_peaks_mb"]))
+        md += ["", "Peak of each phase of one more (instrumented) step, MiB above the RSS at the step's start:", "",
+               "| config | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        md += [f"| {r['config']} | " + " | ".join(f"{r['phase_peaks_mb'].get(k, 0):.0f}" for k in names) + " |"
+               for r in phase_rows]
+    notes = out.with_suffix(".notes.md")
+    if notes.exists():  # hand-written notes, kept across reruns
+        md += ["", notes.read_text().strip()]
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
