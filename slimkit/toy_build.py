@@ -106,11 +106,12 @@ def build(root: str | os.PathLike, *, scale: float | None = None, eval_n: dict[s
             tok = toy.toy_tokenizer()
             record: dict[str, Any] = {"version": toy.VERSION, "threads": torch.get_num_threads(),
                                       "steps_scale": scale, "vocab": len(tok), "models": {}}
-            for name, shape, steps, seed, weights in (("teacher", TEACHER, TEACHER_STEPS, 0, TEACHER_WEIGHTS),
-                                                      ("student", STUDENT, STUDENT_STEPS, 1, STUDENT_WEIGHTS)):
+            for name, shape, steps, seed, weights, batch in (
+                    ("teacher", TEACHER, TEACHER_STEPS, 0, TEACHER_WEIGHTS, TEACHER_BATCH),
+                    ("student", STUDENT, STUDENT_STEPS, 1, STUDENT_WEIGHTS, None)):
                 cfg = SFTConfig(steps=max(1, round(steps * scale)), seed=seed,
                                 warmup=min(100, max(1, round(steps * scale) // 10)),
-                                task_batch_size=TEACHER_BATCH if name == "teacher" else None)
+                                task_batch_size=batch)
                 model = toy.new_model(tok, seed=seed, **shape)
                 params = sum(p.numel() for p in model.parameters())
                 console.print(f"[bold]{name}[/]: Qwen3 {shape}, {params / 1e6:.2f}M parameters, {cfg.steps} steps")
