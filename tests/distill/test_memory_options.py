@@ -1,7 +1,7 @@
 """The trainer's memory options change where gradients are written, not the training run."""
 
 import torch
-from conftest import overrides
+from distill_helpers import overrides
 
 from slimkit import kernels
 from slimkit.compress.distill import load_recipe

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 import torch
-from conftest import overrides
+from distill_helpers import overrides
 
 from slimkit.compress.distill import load_recipe
 from slimkit.compress.distill.metrics import PeakMemory

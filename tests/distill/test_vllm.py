@@ -3,7 +3,7 @@
 
 import pytest
 import torch
-from conftest import overrides
+from distill_helpers import overrides
 
 pytest.importorskip("vllm")
 
