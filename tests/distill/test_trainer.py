@@ -57,6 +57,29 @@ def test_selection_shrinks_the_trained_tokens_and_logs_quadrants(pair, tmp_path)
     assert rec["peak_mem_mb"] >= 0 and rec["mem_method"] in ("proc_hwm", "sampling")
 
 
+def test_step_that_keeps_no_token_leaves_the_weights_alone(pair, tmp_path):
+    """Q3 with an entropy threshold of 0 nats keeps nothing. AdamW on zero gradients would still move the
+    weights by its momentum (after a step that did learn), so such a step is skipped; the schedule advances."""
+    cfg = load_recipe(None, overrides(pair, tmp_path / "r", "select.method=quadrant", "select.threshold=absolute",
+                                      "select.entropy_threshold=0.0", "select.divergence_threshold=0.0",
+                                      "optim.warmup_steps=2"))
+    d = Distiller(cfg)
+    before = _weights(d.student)
+    recs = [d.train_step(), d.train_step()]
+    assert [r["kept"] for r in recs] == [0, 0] and all(r["skipped_update"] for r in recs)
+    assert recs[0]["lr"] < recs[1]["lr"]  # warmup went on
+    for k, v in _weights(d.student).items():
+        assert torch.equal(v, before[k]), k
+    # after a step that did learn, an empty step still changes nothing
+    d.cfg.select.entropy_threshold = 100.0
+    assert not d.train_step()["skipped_update"]
+    learned = _weights(d.student)
+    d.cfg.select.entropy_threshold = 0.0
+    assert d.train_step()["skipped_update"]
+    for k, v in _weights(d.student).items():
+        assert torch.equal(v, learned[k]), k
+
+
 def test_full_run_saves_student_with_manifest(pair, tmp_path):
     from slimkit import artifacts
     from slimkit.compress.distill import train

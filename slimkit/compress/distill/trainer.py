@@ -12,7 +12,8 @@ each micro-batch of sequences:
 
 Gradients are then divided by the number of kept tokens of the whole optimizer step (summed over
 micro-batches and DDP ranks), so gradient accumulation and data parallelism give the same update as
-one big batch. Then clipping, AdamW, and the warmup + cosine schedule.
+one big batch. Then clipping, AdamW, and the warmup + cosine schedule. A step that kept no token
+(possible with quadrant thresholds) leaves the weights alone instead of an AdamW step on zero gradients.
 
 Memory (single process, `train.fuse_weight_grad` / `train.sparse_embedding_grad`, on by default): the
 gradients stay allocated across steps; the kernel accumulates the lm_head weight's gradient straight
@@ -31,6 +32,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -300,19 +302,28 @@ class Distiller:
                     self._micro_step(part, j, sums)
             keys = sorted(sums)
             totals = dict(zip(keys, env.sum([sums[k] for k in keys]), strict=True))
-            # DDP averages gradients over ranks: scale so the result is sum(grad) / kept tokens of the step.
-            scale = env.world / max(totals["kept"], 1.0)
-            for p in self.params:
-                if p.grad is not None:
-                    p.grad.mul_(scale)
-            clip = cfg.optim.grad_clip or float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
             lr = self.sched.get_last_lr()[0]
-            self.opt.step()
-            self.sched.step()
+            # A step whose selection kept no token carries no supervision: the weights stay as they are.
+            # (An AdamW step on zero gradients would still move them by its momentum, for many steps.)
+            # Every rank sees the same total, so DDP ranks skip together. The schedule still advances.
+            skipped = totals["kept"] == 0
+            grad_norm = 0.0
+            if not skipped:
+                # DDP averages gradients over ranks: scale so the result is sum(grad) / kept tokens of the step.
+                scale = env.world / totals["kept"]
+                for p in self.params:
+                    if p.grad is not None:
+                        p.grad.mul_(scale)
+                clip = cfg.optim.grad_clip or float("inf")
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+                self.opt.step()
+            with warnings.catch_warnings():  # a skipped first step: "scheduler.step() before optimizer.step()"
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
+                self.sched.step()
         self.step += 1
         record = {"step": self.step, "loss": totals["loss_sum"] / max(totals["kept"], 1.0), "lr": lr,
                   "grad_norm": grad_norm, "tokens": int(totals["tokens"]), "kept": int(totals["kept"]),
+                  "skipped_update": skipped,
                   "completion_len": totals["completion_tokens"] / max(totals["sequences"], 1.0),
                   "peak_mem_mb": mem.peak_bytes / 2**20, "mem_start_mb": mem.start_bytes / 2**20,
                   "mem_method": mem.method,
