@@ -1,0 +1,57 @@
+"""A toy-world student of another shape, trained exactly as `slimkit toy build` trains the default one.
+
+Same tokenizer (taken from the toy world), same data, seed, schedule and early stop (arith only, until
+validation accuracy reaches 30%); only the shape differs. Used to see how a distillation result depends
+on the student's capacity, e.g. Q3-only token selection (benchmarks/results/distill_q3.md):
+
+    .venv/bin/python benchmarks/toy_student.py --layers 4 --intermediate 512 --out ~/.cache/slimkit/toy-v2-student-l4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def main() -> None:
+    from slimkit import toy_build
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--toy", default="~/.cache/slimkit/toy-v2", help="toy world (its student's tokenizer is reused)")
+    ap.add_argument("--out", required=True)
+    for key in ("hidden", "layers", "heads", "kv_heads", "head_dim", "intermediate"):
+        ap.add_argument(f"--{key.replace('_', '-')}", type=int, default=toy_build.STUDENT[key])
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    import torch
+
+    from slimkit import artifacts, toy
+    from slimkit.tasks import get_task
+    from slimkit.tasks.eval import evaluate
+    from slimkit.tasks.sft import SFTConfig, train
+
+    torch.set_num_threads(args.threads)
+    _, tok = artifacts.load(Path(args.toy).expanduser() / "student")
+    shape = {**toy_build.STUDENT, **{k: getattr(args, k) for k in toy_build.STUDENT if k != "init_std"}}
+    steps = toy_build.STUDENT_STEPS
+    cfg = SFTConfig(steps=steps, seed=1, warmup=min(100, max(1, steps // 10)))
+    data = {"arith": get_task("arith").split("train", toy_build.TRAIN_SIZES["arith"])}
+    model = toy.new_model(tok, seed=1, **shape)
+    params = sum(p.numel() for p in model.parameters())
+    stop = toy_build._stop_at(model, tok, toy_build.STUDENT_STOP, toy_build.STUDENT_CHECK)
+    stats = train(model, tok, data, toy_build.STUDENT_WEIGHTS, cfg, description="train student", on_step=stop)
+    acc = evaluate(model, tok, "arith", split="test", n=toy_build.EVAL_N["arith"])
+    metrics = {"arith": acc, "train": stats}
+    artifacts.save(model, tok, Path(args.out).expanduser(), stage="toy-student-variant",
+                   recipe={"shape": shape, "sft": vars(cfg), "weights": toy_build.STUDENT_WEIGHTS}, metrics=metrics)
+    print(json.dumps({"out": args.out, "params": params, "shape": shape, "steps": stats["steps"],
+                      "arith_test_accuracy": acc["accuracy"]}))
+
+
+if __name__ == "__main__":
+    main()
