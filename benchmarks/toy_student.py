@@ -1,7 +1,7 @@
 """A toy-world student of another shape, trained exactly as `slimkit toy build` trains the default one.
 
 Same tokenizer (taken from the toy world), same data, seed, schedule and early stop (arith only, until
-validation accuracy reaches 30%); only the shape differs. Used to see how a distillation result depends
+validation accuracy reaches 30%) by default; the shape, the step budget and the stop can be changed. Used to see how a distillation result depends
 on the student's capacity, e.g. Q3-only token selection (benchmarks/results/distill_q3.md):
 
     .venv/bin/python benchmarks/toy_student.py --layers 4 --intermediate 512 --out ~/.cache/slimkit/toy-v2-student-l4
@@ -25,6 +25,9 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     for key in ("hidden", "layers", "heads", "kv_heads", "head_dim", "intermediate"):
         ap.add_argument(f"--{key.replace('_', '-')}", type=int, default=toy_build.STUDENT[key])
+    ap.add_argument("--steps", type=int, default=toy_build.STUDENT_STEPS, help="SFT steps (at most, with --stop)")
+    ap.add_argument("--stop", type=float, default=toy_build.STUDENT_STOP,
+                    help="stop once validation arith accuracy reaches this (checked every 100 steps); 0: never")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
@@ -38,12 +41,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     _, tok = artifacts.load(Path(args.toy).expanduser() / "student")
     shape = {**toy_build.STUDENT, **{k: getattr(args, k) for k in toy_build.STUDENT if k != "init_std"}}
-    steps = toy_build.STUDENT_STEPS
+    steps = args.steps
     cfg = SFTConfig(steps=steps, seed=1, warmup=min(100, max(1, steps // 10)))
     data = {"arith": get_task("arith").split("train", toy_build.TRAIN_SIZES["arith"])}
     model = toy.new_model(tok, seed=1, **shape)
     params = sum(p.numel() for p in model.parameters())
-    stop = toy_build._stop_at(model, tok, toy_build.STUDENT_STOP, toy_build.STUDENT_CHECK)
+    stop = toy_build._stop_at(model, tok, args.stop, toy_build.STUDENT_CHECK) if args.stop > 0 else None
     stats = train(model, tok, data, toy_build.STUDENT_WEIGHTS, cfg, description="train student", on_step=stop)
     acc = evaluate(model, tok, "arith", split="test", n=toy_build.EVAL_N["arith"])
     metrics = {"arith": acc, "train": stats}
