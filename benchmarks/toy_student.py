@@ -1,7 +1,8 @@
 """A toy-world student of another shape, trained exactly as `slimkit toy build` trains the default one.
 
 Same tokenizer (taken from the toy world), same data, seed, schedule and early stop (arith only, until
-validation accuracy reaches 30%) by default; the shape, the step budget and the stop can be changed. Used to see how a distillation result depends
+validation accuracy reaches 30%) by default; the shape, the step budget, the stop and the arith levels
+trained on can be changed. Used to see how a distillation result depends
 on the student's capacity, e.g. Q3-only token selection (benchmarks/results/distill_q3.md):
 
     .venv/bin/python benchmarks/toy_student.py --layers 4 --intermediate 512 --out ~/.cache/slimkit/toy-v2-student-l4
@@ -28,6 +29,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=toy_build.STUDENT_STEPS, help="SFT steps (at most, with --stop)")
     ap.add_argument("--stop", type=float, default=toy_build.STUDENT_STOP,
                     help="stop once validation arith accuracy reaches this (checked every 100 steps); 0: never")
+    ap.add_argument("--levels", default="1,2,3", help="arith levels (operator counts) to train on, e.g. 1,2")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
@@ -43,7 +45,9 @@ def main() -> None:
     shape = {**toy_build.STUDENT, **{k: getattr(args, k) for k in toy_build.STUDENT if k != "init_std"}}
     steps = args.steps
     cfg = SFTConfig(steps=steps, seed=1, warmup=min(100, max(1, steps // 10)))
-    data = {"arith": get_task("arith").split("train", toy_build.TRAIN_SIZES["arith"])}
+    levels = {int(x) for x in args.levels.split(",")}
+    data = {"arith": [ex for ex in get_task("arith").split("train", toy_build.TRAIN_SIZES["arith"])
+                      if ex.meta["level"] in levels]}
     model = toy.new_model(tok, seed=1, **shape)
     params = sum(p.numel() for p in model.parameters())
     stop = toy_build._stop_at(model, tok, args.stop, toy_build.STUDENT_CHECK) if args.stop > 0 else None
@@ -51,7 +55,8 @@ def main() -> None:
     acc = evaluate(model, tok, "arith", split="test", n=toy_build.EVAL_N["arith"])
     metrics = {"arith": acc, "train": stats}
     artifacts.save(model, tok, Path(args.out).expanduser(), stage="toy-student-variant",
-                   recipe={"shape": shape, "sft": vars(cfg), "weights": toy_build.STUDENT_WEIGHTS}, metrics=metrics)
+                   recipe={"shape": shape, "sft": vars(cfg), "weights": toy_build.STUDENT_WEIGHTS,
+                           "levels": sorted(levels), "stop": args.stop}, metrics=metrics)
     print(json.dumps({"out": args.out, "params": params, "shape": shape, "steps": stats["steps"],
                       "arith_test_accuracy": acc["accuracy"]}))
 
