@@ -308,7 +308,11 @@ class Distiller:
             # Every rank sees the same total, so DDP ranks skip together. The schedule still advances.
             skipped = totals["kept"] == 0
             grad_norm = 0.0
-            if not skipped:
+            if skipped:
+                with warnings.catch_warnings():  # PyTorch warns if this precedes every optimizer step
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
+                    self.sched.step()
+            else:
                 # DDP averages gradients over ranks: scale so the result is sum(grad) / kept tokens of the step.
                 scale = env.world / totals["kept"]
                 for p in self.params:
@@ -317,8 +321,6 @@ class Distiller:
                 clip = cfg.optim.grad_clip or float("inf")
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
                 self.opt.step()
-            with warnings.catch_warnings():  # a skipped first step: "scheduler.step() before optimizer.step()"
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
                 self.sched.step()
         self.step += 1
         record = {"step": self.step, "loss": totals["loss_sum"] / max(totals["kept"], 1.0), "lr": lr,
