@@ -28,8 +28,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def first_errors(student, teacher, tok, n: int, h: float, d: float) -> dict:
+    """Scores and quadrants are the trainer's own (`losses.scores`, `select.quadrant_masks`)."""
     import torch
 
+    from slimkit.compress.distill.losses import Teacher, lm_head, scores
+    from slimkit.compress.distill.select import quadrant_masks
     from slimkit.tasks import format_prompt, get_task
     from slimkit.tasks.generate import generate
 
@@ -37,6 +40,7 @@ def first_errors(student, teacher, tok, n: int, h: float, d: float) -> dict:
     exs = task.split("validation", n)
     prompts = [format_prompt(tok, x.prompt) for x in exs]
     outs = generate(student, tok, prompts, max_new_tokens=160, temperature=0.0, batch_size=64)
+    ws, wt = lm_head(student)[0], lm_head(teacher)[0]
     quadrants: Counter = Counter()
     top_p = []
     wrong = 0
@@ -46,20 +50,19 @@ def first_errors(student, teacher, tok, n: int, h: float, d: float) -> dict:
         wrong += 1
         p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
         ids = torch.tensor([p_ids + tok(out[0].text, add_special_tokens=False)["input_ids"]])
-        with torch.no_grad():
-            ls = student(ids).logits[0, len(p_ids) - 1 : -1].float().log_softmax(-1)
-            lt = teacher(ids).logits[0, len(p_ids) - 1 : -1].float().log_softmax(-1)
-        where = (ls.argmax(-1) != lt.argmax(-1)).nonzero()
-        if not len(where):
-            quadrants["no disagreement"] += 1
-            continue
-        k = int(where[0])
-        ps, pt = ls[k].exp(), lt[k].exp()
-        mix = (0.5 * (ps + pt)).log()
-        ent = float(-(ps * ls[k]).sum())
-        jsd = float(0.5 * (ps * (ls[k] - mix)).sum() + 0.5 * (pt * (lt[k] - mix)).sum())
-        quadrants[("Q1" if ent >= h else "Q3") if jsd >= d else ("Q2" if ent >= h else "Q4")] += 1
-        top_p.append(float(ps.max()))
+        with torch.no_grad():  # hidden states at the positions that predict completion tokens
+            hs = student.model(input_ids=ids).last_hidden_state[0, len(p_ids) - 1 : -1]
+            ht = teacher.model(input_ids=ids).last_hidden_state[0, len(p_ids) - 1 : -1]
+            probs = (hs @ ws.T).softmax(-1)
+            where = (probs.argmax(-1) != (ht @ wt.T).argmax(-1)).nonzero()
+            if not len(where):
+                quadrants["no disagreement"] += 1
+                continue
+            k = int(where[0])
+            sc = scores(hs[k : k + 1], ws, Teacher(hidden=ht[k : k + 1], weight=wt), temperature=1.0,
+                        vocab_size=len(tok))
+        quadrants.update(q for q, m in quadrant_masks(sc, h, d).items() if bool(m[0]))
+        top_p.append(float(probs[k].max()))
     return {"n": n, "wrong": wrong, "quadrants": dict(quadrants),
             "top_prob_median": statistics.median(top_p) if top_p else None,
             "top_prob_ge_0.9": sum(p >= 0.9 for p in top_p)}
