@@ -2,7 +2,9 @@
 
 Every stage reads and writes a plain Hugging Face model directory. Writes go to a temporary sibling
 directory that is renamed into place only when complete, so a crash never leaves a half-written
-model where a later stage (or a user) would pick it up.
+model where a later stage (or a user) would pick it up. A write never replaces what slimkit did not
+write (a directory without slimkit.json, a user's file), and replaces slimkit's own earlier output
+only when told to (`overwrite=True`, the commands' --overwrite / --force).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -62,23 +64,62 @@ def sweep_stale(out: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def is_slimkit_output(path: str | os.PathLike) -> bool:
+    """Whether `path` is a directory that slimkit wrote: it holds the manifest `slimkit.json`."""
+    return (Path(path) / MANIFEST).is_file()
+
+
+def check_target(out: str | os.PathLike, *, overwrite: bool = False,
+                 is_own: Callable[[Path], bool] = is_slimkit_output, flag: str = "--overwrite") -> Path:
+    """Refuse a target that a write would destroy, before any work is done; return it as an absolute Path.
+
+    A missing target or an empty directory is fine. An existing one is replaced only when it is
+    slimkit's own earlier output (`is_own`, default: it holds slimkit.json) and `overwrite` is set;
+    anything else (a user's file or directory) is never replaced, whatever the flag.
+    """
+    out = Path(out).expanduser().absolute()
+    if not out.exists() and not out.is_symlink():
+        return out
+    if out.is_dir() and not out.is_symlink():
+        if not any(out.iterdir()):
+            return out
+        if not is_own(out):
+            raise ArtifactError(f"{out} already exists and was not written by slimkit: refusing to replace it "
+                                "(choose another path, or move it away yourself)")
+    elif out.is_file() and not out.is_symlink() and is_own(out):
+        pass
+    else:
+        raise ArtifactError(f"{out} already exists and is not a slimkit output directory: refusing to replace it "
+                            "(choose another path, or move it away yourself)")
+    if not overwrite:
+        raise ArtifactError(f"{out} already holds an earlier slimkit output: pass {flag} to replace it")
+    return out
+
+
+def _make_parent(out: Path) -> None:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ArtifactError(f"cannot create the directory {out.parent} for {out.name}: {e.strerror}") from None
+
+
 @contextlib.contextmanager
-def atomic_dir(out: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
+def atomic_dir(out: str | os.PathLike, *, overwrite: bool = False,
+               is_own: Callable[[Path], bool] = is_slimkit_output, flag: str = "--overwrite") -> Iterator[Path]:
     """Yield a fresh temporary directory next to `out`; on success it replaces `out` atomically.
 
-    On any exception the temporary directory is removed and `out` is left as it was; what a
+    `out` must be missing, an empty directory, or (with `overwrite=True`) slimkit's own earlier output
+    (`check_target`): a directory slimkit did not write is refused before the work starts, never
+    replaced. On any exception the temporary directory is removed and `out` is left as it was; what a
     SIGKILLed writer left behind is swept by the next write to the same `out` (`sweep_stale`).
     """
-    out = Path(out).absolute()
-    if out.exists() and not overwrite:
-        raise ArtifactError(f"{out} already exists (pass overwrite=True to replace it)")
-    if out.exists() and not out.is_dir():
-        raise ArtifactError(f"{out} exists and is not a directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = check_target(out, overwrite=overwrite, is_own=is_own, flag=flag)
+    _make_parent(out)
     sweep_stale(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
         yield tmp
+        check_target(out, overwrite=overwrite, is_own=is_own, flag=flag)  # nothing else wrote it meanwhile
         old = None
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}-{time.time_ns()}"
@@ -89,6 +130,24 @@ def atomic_dir(out: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Pa
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, overwrite: bool = False,
+                      is_own: Callable[[Path], bool] | None = None, flag: str = "--overwrite") -> Path:
+    """Write a text file through a temporary sibling and a rename. An existing file is replaced only
+    with `overwrite=True` and when `is_own(path)` says slimkit wrote it (default: never)."""
+    path = check_target(path, overwrite=overwrite, is_own=is_own or (lambda _: False), flag=flag)
+    if path.is_dir():
+        raise ArtifactError(f"{path} is a directory, not a file")
+    _make_parent(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def dir_hash(path: str | os.PathLike) -> str:
@@ -110,9 +169,20 @@ def is_model_dir(path: str | os.PathLike) -> bool:
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
 
 
+def resolve(path: str | os.PathLike) -> Path:
+    """A model reference as a path: `toy:teacher` / `toy:student` name the shipped toy world's models;
+    `~` is expanded."""
+    if os.fspath(path).startswith("toy:"):
+        from slimkit import toy
+
+        return toy.resolve(path)
+    return Path(path).expanduser()
+
+
 def check_model_dir(path: str | os.PathLike) -> Path:
-    """Return `path` as a Path if it holds a HF model (config.json + safetensors), else one clear error."""
-    p = Path(path)
+    """Return `path` (or a `toy:` name) as a Path if it holds a HF model (config.json + safetensors),
+    else one clear error."""
+    p = resolve(path)
     if not p.exists():
         raise ArtifactError(f"model directory {p} does not exist")
     if not p.is_dir():
@@ -138,7 +208,7 @@ def write_manifest(model_dir: str | os.PathLike, *, stage: str, parent: str | os
         "hash": dir_hash(model_dir) if model_dir.exists() else None,
     }
     if parent is not None:
-        parent = Path(parent).absolute()
+        parent = resolve(parent).absolute()
         manifest["parent"] = {"path": str(parent),
                               "hash": dir_hash(parent) if parent.is_dir() else None,
                               "stage": read_manifest(parent).get("stage") if parent.is_dir() else None}
@@ -169,10 +239,11 @@ def update_metrics(model_dir: str | os.PathLike, metrics: dict[str, Any]) -> Non
 
 def save(model, tokenizer, out: str | os.PathLike, *, stage: str, parent: str | os.PathLike | None = None,
          recipe: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
-         extra_files: dict[str, str | bytes] | None = None, **extra: Any) -> Path:
-    """Save a transformers model + tokenizer (+ generation config) with its manifest, atomically."""
+         extra_files: dict[str, str | bytes] | None = None, overwrite: bool = False, **extra: Any) -> Path:
+    """Save a transformers model + tokenizer (+ generation config) with its manifest, atomically.
+    An existing `out` is replaced only with `overwrite=True` and only if slimkit wrote it (`atomic_dir`)."""
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -187,7 +258,7 @@ def save(model, tokenizer, out: str | os.PathLike, *, stage: str, parent: str | 
 def load_tokenizer(path: str | os.PathLike):
     from transformers import AutoTokenizer
 
-    p = Path(path)
+    p = resolve(path)
     if not (p / "tokenizer.json").is_file() and not (p / "tokenizer_config.json").is_file():
         raise ArtifactError(f"{p} has no tokenizer (tokenizer.json / tokenizer_config.json)")
     tok = AutoTokenizer.from_pretrained(p)

@@ -2,7 +2,7 @@
 
 optimum-onnx pins transformers < 4.58, so the export runs in its own environment, .venv-onnx:
 
-    .venv-onnx/bin/python -m slimkit.serve.onnx_export SRC OUT [--int8]
+    .venv-onnx/bin/python -m slimkit.serve.onnx_export SRC OUT [--int8] [--overwrite]
 
 From the main environment call `export(src, out)`, which runs that command as a subprocess. The output
 directory (written atomically) holds `model.onnx` (inputs input_ids, attention_mask, position_ids,
@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from slimkit.artifacts import atomic_dir, check_model_dir, write_manifest
+from slimkit.artifacts import atomic_dir, check_model_dir, check_target, write_manifest
 from slimkit.errors import SlimkitError
 
 ONNX_PYTHON = Path(__file__).resolve().parents[2] / ".venv-onnx/bin/python"
@@ -45,12 +45,15 @@ def _compat_copy(src: Path, dst: Path) -> None:
     (dst / "config.json").write_text(json.dumps(cfg, indent=2))
 
 
-def export_here(src: str | Path, out: str | Path, *, int8: bool = False) -> Path:
-    """Run the export in this interpreter (needs optimum-onnx: .venv-onnx)."""
+def export_here(src: str | Path, out: str | Path, *, int8: bool = False, overwrite: bool = False) -> Path:
+    """Run the export in this interpreter (needs optimum-onnx: .venv-onnx). An existing OUT is replaced
+    only if it is an earlier slimkit output and `overwrite` is set; a directory slimkit did not write is
+    refused."""
+    src = check_model_dir(src)
+    check_target(out, overwrite=overwrite)                  # before the slow import and export
     from optimum.exporters.onnx import main_export
 
-    src = check_model_dir(src)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         view = tmp / ".src"
         _compat_copy(src, view)
         main_export(str(view), output=tmp, task="text-generation-with-past", do_validation=False)
@@ -72,17 +75,25 @@ def export_here(src: str | Path, out: str | Path, *, int8: bool = False) -> Path
     return Path(out)
 
 
-def export(src: str | Path, out: str | Path, *, int8: bool = False, python: str | Path = ONNX_PYTHON,
-           timeout: float = 1800) -> Path:
+def export(src: str | Path, out: str | Path, *, int8: bool = False, overwrite: bool = False,
+           python: str | Path = ONNX_PYTHON, timeout: float = 1800) -> Path:
     """Export from any environment by running this module under .venv-onnx's Python."""
+    src = check_model_dir(src)
+    check_target(out, overwrite=overwrite)
     python = Path(python)
     if not python.exists():
         raise SlimkitError(f"{python} not found: build the ONNX export environment with `make .venv-onnx/.installed`")
     cmd = [str(python), "-m", "slimkit.serve.onnx_export", str(src), str(out)] + (["--int8"] if int8 else [])
+    cmd += ["--overwrite"] if overwrite else []
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
         raise SlimkitError(f"ONNX export of {src} failed:\n{r.stderr[-3000:]}")
     return Path(out)
+
+
+def _one_line_error(message: str) -> None:
+    print(f"error: {message} (see --help)", file=sys.stderr)
+    sys.exit(2)
 
 
 def main() -> None:
@@ -90,9 +101,11 @@ def main() -> None:
     ap.add_argument("src")
     ap.add_argument("out")
     ap.add_argument("--int8", action="store_true", help="dynamic int8 quantization of MatMul weights")
+    ap.add_argument("--overwrite", action="store_true", help="replace OUT if it is an earlier slimkit export")
+    ap.error = _one_line_error                  # type: ignore[method-assign]
     args = ap.parse_args()
     try:
-        export_here(args.src, args.out, int8=args.int8)
+        export_here(args.src, args.out, int8=args.int8, overwrite=args.overwrite)
     except SlimkitError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -60,7 +60,7 @@ def test_atomic_save_keeps_old_dir_on_crash(tiny, tmp_path, monkeypatch):
     out = artifacts.save(model, tok, tmp_path / "m", stage="first")
     monkeypatch.setattr(tok, "save_pretrained", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("x")))
     with pytest.raises(RuntimeError):
-        artifacts.save(model, tok, out, stage="second")
+        artifacts.save(model, tok, out, stage="second", overwrite=True)
     assert artifacts.read_manifest(out)["stage"] == "first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
@@ -123,3 +123,72 @@ def test_sigkilled_writer_leftovers_are_swept(tmp_path):
     with artifacts.atomic_dir(out) as tmp:
         (tmp / "x").write_text("1")
     assert not os.path.exists(stale) and live.is_dir() and (out / "x").read_text() == "1"
+
+
+def test_a_users_directory_is_never_replaced(tiny, tmp_path):
+    """A directory slimkit did not write (no slimkit.json) is refused before any work, with or without
+    overwrite, and keeps its files; the message names the path."""
+    model, tok = tiny
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep me")
+    for overwrite in (False, True):
+        with pytest.raises(SlimkitError, match="not written by slimkit") as e:
+            artifacts.save(model, tok, user, stage="test", overwrite=overwrite)
+        assert str(user) in str(e.value) and "\n" not in str(e.value)
+    assert [p.name for p in user.iterdir()] == ["notes.txt"] and (user / "notes.txt").read_text() == "keep me"
+    a_file = tmp_path / "file"
+    a_file.write_text("mine too")
+    with pytest.raises(SlimkitError, match="refusing to replace"):
+        with artifacts.atomic_dir(a_file, overwrite=True):
+            raise AssertionError("the writer must not start")
+    assert a_file.read_text() == "mine too"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "mine"]  # no temporary left
+
+
+def test_own_earlier_output_is_replaced_only_when_told(tiny, tmp_path):
+    model, tok = tiny
+    out = artifacts.save(model, tok, tmp_path / "m", stage="first")
+    with pytest.raises(SlimkitError, match="pass --overwrite to replace it") as e:
+        artifacts.save(model, tok, out, stage="second")
+    assert str(out) in str(e.value)
+    with pytest.raises(SlimkitError, match="pass --force"):
+        with artifacts.atomic_dir(out, flag="--force"):
+            pass
+    assert artifacts.read_manifest(out)["stage"] == "first"
+    artifacts.save(model, tok, out, stage="second", overwrite=True)
+    assert artifacts.read_manifest(out)["stage"] == "second"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    artifacts.save(model, tok, empty, stage="into-empty")  # an empty directory holds nothing to lose
+    assert artifacts.read_manifest(empty)["stage"] == "into-empty"
+
+
+def test_own_output_rule_is_the_writers_choice(tmp_path):
+    """A writer whose output carries no slimkit.json names what marks it (e.g. the toy world's toy.json)."""
+    def own(p):
+        return (p / "toy.json").is_file()
+
+    root = tmp_path / "world"
+    with artifacts.atomic_dir(root, is_own=own) as tmp:
+        (tmp / "toy.json").write_text("{}")
+    with pytest.raises(SlimkitError, match="pass --force"):
+        with artifacts.atomic_dir(root, is_own=own, flag="--force"):
+            pass
+    with artifacts.atomic_dir(root, is_own=own, overwrite=True) as tmp:
+        (tmp / "toy.json").write_text('{"again": 1}')
+    assert json.loads((root / "toy.json").read_text()) == {"again": 1}
+
+
+def test_atomic_write_text_keeps_a_users_file(tmp_path):
+    target = tmp_path / "results.json"
+    target.write_text("user data")
+    with pytest.raises(SlimkitError, match="refusing to replace"):
+        artifacts.atomic_write_text(target, "new", overwrite=True)
+    assert target.read_text() == "user data"
+    own = tmp_path / "own.json"
+    artifacts.atomic_write_text(own, '{"task": "x"}')
+    with pytest.raises(SlimkitError, match="--overwrite"):
+        artifacts.atomic_write_text(own, "2", is_own=lambda p: True)
+    artifacts.atomic_write_text(own, "2", overwrite=True, is_own=lambda p: True)
+    assert own.read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["own.json", "results.json"]
