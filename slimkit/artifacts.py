@@ -267,11 +267,31 @@ def load_tokenizer(path: str | os.PathLike):
     return tok
 
 
+def check_device(device: str, *, what: str = "--device"):
+    """`device` ("cpu", "cuda", "cuda:N") as a torch.device; one clear error for anything else and for
+    CUDA where there is none (`what` names the option in the message)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ArtifactError(f"{what} {device!r} is not a device slimkit runs on: use cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ArtifactError(f"{what} {device!r}: CUDA is not available here (use cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ArtifactError(f"{what} {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
 def load(path: str | os.PathLike, *, dtype=None, device: str = "cpu", with_tokenizer: bool = True):
     """Load (model, tokenizer) from a model directory; `tokenizer` is None if with_tokenizer=False."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    check_device(str(device))
     p = check_model_dir(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(p, dtype=dtype or torch.float32)

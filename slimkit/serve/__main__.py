@@ -21,23 +21,19 @@ def main() -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=50051, help="0 picks a free port (see --port-file)")
     ap.add_argument("--port-file", help="write the bound port here once serving")
-    ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--device", default="cpu", help="torch engine: cpu or cuda")
+    ap.add_argument("--dtype", help="torch/vllm: float32 (default), bfloat16, float16; onnxruntime: the export's")
+    ap.add_argument("--device", help="torch engine: cpu (default), cuda or cuda:N")
     ap.add_argument("--max-batch", type=int, default=64, help="items per engine batch")
     ap.add_argument("--workers", type=int, default=8, help="gRPC handler threads")
     ap.add_argument("--template", help="user-prompt template with {query} and {item}")
-    ap.add_argument("--template-item-first", help="template for item_first requests")
+    ap.add_argument("--template-item-first", help="with --template: its item-first variant")
     ap.add_argument("--no-chat", action="store_true", help="do not wrap the template in the chat template")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    tpl = PromptTemplate(chat=not args.no_chat)
-    if args.template:
-        tpl = PromptTemplate(args.template, args.template_item_first, chat=not args.no_chat)
-    opts: dict = {"dtype": args.dtype, "max_batch": args.max_batch}
-    if args.engine == "torch":
-        opts["device"] = args.device
+    tpl = PromptTemplate.from_options(args.template, args.template_item_first, chat=not args.no_chat)
     serve(args.model_dir, engine=args.engine, host=args.host, port=args.port, template=tpl,
-          workers=args.workers, port_file=args.port_file, **opts)
+          workers=args.workers, port_file=args.port_file, dtype=args.dtype, device=args.device,
+          max_batch=args.max_batch)
 
 
 if __name__ == "__main__":

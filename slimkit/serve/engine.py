@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from slimkit.errors import SlimkitError
-from slimkit.serve.prompt import RequestError, ScoreJob
+from slimkit.serve.prompt import ScoreJob
 
 ENGINES = ("torch", "vllm", "onnxruntime")
 
@@ -53,7 +53,8 @@ def item_scores(label_logprobs: np.ndarray, normalization: str) -> np.ndarray:
 
 
 class Engine(abc.ABC):
-    """Holds a model and its tokenizer. Not thread-safe: the server serializes calls."""
+    """Holds a model and its tokenizer. Not thread-safe: the server serializes calls. Jobs arrive
+    checked (`slimkit.serve.requests`): engines do not validate them."""
 
     name: str = ""
     model_dir: Path
@@ -75,38 +76,22 @@ class Engine(abc.ABC):
         """Release the model (processes, memory)."""
 
 
-def check_score_job(job: ScoreJob, engine: Engine) -> None:
-    if engine.max_len is None:
-        return
-    for i, item in enumerate(job.item_ids):
-        if len(job.shared_ids) + len(item) > engine.max_len:
-            raise RequestError(f"item {i} is too long: {len(job.shared_ids)} shared + {len(item)} item tokens "
-                               f"> the model's {engine.max_len}")
-
-
-def check_logprobs_job(job: LogProbsJob, engine: Engine) -> None:
-    if engine.max_len is not None and len(job.prompt_ids) + len(job.continuation_ids) > engine.max_len:
-        raise RequestError(f"prompt + continuation is {len(job.prompt_ids) + len(job.continuation_ids)} tokens "
-                           f"> the model's {engine.max_len}")
-    if not job.continuation_ids:
-        raise RequestError("continuation is empty: nothing to score")
-    if not job.prompt_ids:
-        raise RequestError("prompt is empty: the first continuation token needs a context")
-    if job.top_k < 0:
-        raise RequestError(f"top_k must be >= 0, got {job.top_k}")
-    if engine.max_top_k is not None and job.top_k > engine.max_top_k:
-        raise RequestError(f"top_k {job.top_k} is above this engine's limit of {engine.max_top_k}")
-
-
-def load_engine(name: str, model_dir: str | Path, **options: Any) -> Engine:
-    """Build an engine by name: `torch` (default), `vllm` (runs in .venv-vllm), `onnxruntime`."""
+def load_engine(name: str, model_dir: str | Path, *, dtype: str | None = None, device: str | None = None,
+                **options: Any) -> Engine:
+    """Build an engine by name: `torch` (default), `vllm` (runs in .venv-vllm), `onnxruntime`.
+    `dtype` None: the engine's default (float32; onnxruntime: the export's own precision). `device`:
+    the torch engine's only (the others choose their own)."""
+    if name not in ENGINES:
+        raise SlimkitError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
+    if options.get("max_batch", 1) < 1:
+        raise SlimkitError(f"max_batch must be >= 1, got {options['max_batch']}")
+    if device is not None and name != "torch":
+        raise SlimkitError(f"--device applies to the torch engine only; the {name} engine chooses its own device")
     if name == "torch":
         from slimkit.serve.torch_engine import TorchEngine
-        return TorchEngine(model_dir, **options)
+        return TorchEngine(model_dir, dtype=dtype or "float32", device=device or "cpu", **options)
     if name == "vllm":
         from slimkit.serve.vllm_engine import VllmEngine
-        return VllmEngine(model_dir, **options)
-    if name == "onnxruntime":
-        from slimkit.serve.onnx_engine import OnnxEngine
-        return OnnxEngine(model_dir, **options)
-    raise SlimkitError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
+        return VllmEngine(model_dir, dtype=dtype or "float32", **options)
+    from slimkit.serve.onnx_engine import OnnxEngine
+    return OnnxEngine(model_dir, dtype=dtype, **options)

@@ -22,7 +22,7 @@ import numpy as np
 
 from slimkit import artifacts
 from slimkit.errors import SlimkitError
-from slimkit.serve.engine import Engine, LogProbsJob, LogProbsResult, check_logprobs_job
+from slimkit.serve.engine import Engine, LogProbsJob, LogProbsResult
 from slimkit.serve.prompt import ScoreJob
 
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -37,7 +37,7 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
 class OnnxEngine(Engine):
     name = "onnxruntime"
 
-    def __init__(self, model_dir: str | Path, *, dtype: str = "float32", max_batch: int = 64,
+    def __init__(self, model_dir: str | Path, *, dtype: str | None = None, max_batch: int = 64,
                  share_prefix: bool = True, threads: int | None = None) -> None:
         import onnxruntime as ort
 
@@ -63,7 +63,12 @@ class OnnxEngine(Engine):
         self.vocab_size = int(cfg["vocab_size"])
         self.max_len = cfg.get("max_position_embeddings")
         manifest = artifacts.read_manifest(self.model_dir)
-        self.dtype = "int8" if manifest.get("recipe", {}).get("int8") else dtype
+        # The precision is the export's own; a different --dtype would not be applied, so it is refused.
+        own = "int8" if manifest.get("recipe", {}).get("int8") else str(np.dtype(self.past_dtype))
+        if dtype is not None and dtype != own:
+            raise SlimkitError(f"{self.model_dir} is a {own} ONNX export: the onnxruntime engine runs it as exported "
+                               f"and cannot apply --dtype {dtype} (export again, e.g. with --int8, or drop --dtype)")
+        self.dtype = own
         self.max_batch, self.share_prefix = max_batch, share_prefix
 
     def _run(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray, past: list[np.ndarray] | None):
@@ -114,8 +119,6 @@ class OnnxEngine(Engine):
         return out
 
     def logprobs(self, jobs: list[LogProbsJob]) -> list[LogProbsResult]:
-        for job in jobs:
-            check_logprobs_job(job, self)
         results = []
         for job in jobs:
             seq = job.prompt_ids + job.continuation_ids

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from slimkit.errors import SlimkitError
+from slimkit.errors import RequestError, SlimkitError
 from slimkit.tasks import format_prompt
 from slimkit.tasks.jobs import TEMPLATE as JOBS_TEMPLATE
 
@@ -25,10 +25,6 @@ JOBS_TEMPLATE_ITEM_FIRST = "Posting:\n{item}\nQuery:\n{query}\nIs the posting re
 DEFAULT_LABELS = ("yes", "no")
 
 _Q, _I = "\x00slimkit-query\x00", "\x00slimkit-item\x00"
-
-
-class RequestError(SlimkitError):
-    """A bad request: answered with INVALID_ARGUMENT, the server keeps serving."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +53,17 @@ class PromptTemplate:
     text: str = JOBS_TEMPLATE
     item_first_text: str | None = JOBS_TEMPLATE_ITEM_FIRST
     chat: bool = True
+
+    @classmethod
+    def from_options(cls, template: str | None, item_first: str | None, *, chat: bool = True) -> PromptTemplate:
+        """The template of the serve options: the jobs default, or `template` with its optional
+        item-first variant (a custom template has none unless given; one without `template` is an error)."""
+        if template is None:
+            if item_first is not None:
+                raise SlimkitError("--template-item-first needs --template (the default jobs template has its "
+                                   "own item-first variant)")
+            return cls(chat=chat)
+        return cls(template, item_first, chat=chat)
 
     def split(self, tokenizer, query: str, item: str, *, item_first: bool = False) -> tuple[str, str]:
         """(shared text, item text) for one query/item pair; their concatenation is the full prompt."""

@@ -20,7 +20,7 @@ import torch
 from slimkit import artifacts
 from slimkit.errors import SlimkitError
 from slimkit.kernels import linear_logprob
-from slimkit.serve.engine import Engine, LogProbsJob, LogProbsResult, check_logprobs_job
+from slimkit.serve.engine import Engine, LogProbsJob, LogProbsResult
 from slimkit.serve.prompt import ScoreJob
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -33,6 +33,7 @@ class TorchEngine(Engine):
                  max_batch: int = 64, share_prefix: bool = True, attn: str | None = None) -> None:
         if dtype not in DTYPES:
             raise SlimkitError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        artifacts.check_device(device)
         model, tokenizer = artifacts.load(model_dir, dtype=DTYPES[dtype], device=device)
         self._setup(model, tokenizer, Path(model_dir), max_batch=max_batch, share_prefix=share_prefix, attn=attn)
 
@@ -133,8 +134,6 @@ class TorchEngine(Engine):
     # -- LogProbs ------------------------------------------------------------------------------
     @torch.inference_mode()
     def logprobs(self, jobs: list[LogProbsJob]) -> list[LogProbsResult]:
-        for job in jobs:
-            check_logprobs_job(job, self)
         return [self._logprobs_job(job) for job in jobs]
 
     def _logprobs_job(self, job: LogProbsJob) -> LogProbsResult:

@@ -23,7 +23,7 @@ import numpy as np
 
 from slimkit import artifacts
 from slimkit.errors import SlimkitError
-from slimkit.serve.engine import Engine, LogProbsJob, LogProbsResult, check_logprobs_job, from_vocab
+from slimkit.serve.engine import Engine, LogProbsJob, LogProbsResult, from_vocab
 from slimkit.serve.prompt import ScoreJob
 
 MAX_LOGPROBS = 20   # vLLM's default cap on returned alternatives (max_logprobs)
@@ -79,8 +79,6 @@ class VllmEngine(Engine):
         return out
 
     def logprobs(self, jobs: list[LogProbsJob]) -> list[LogProbsResult]:
-        for job in jobs:
-            check_logprobs_job(job, self)
         results = []
         for job in jobs:                         # top_k differs per job: one generate call each
             ids = job.prompt_ids + job.continuation_ids
