@@ -106,10 +106,10 @@ def test_topk_teacher_cache_is_reused_and_stale_one_refused(pair, tmp_path):
     rec = d.train_step()
     assert rec["loss"] > 0
     mtime = (cache / "ids.npy").stat().st_mtime
-    Distiller(load_recipe(None, args))  # same teacher + data: reused, not rebuilt
+    Distiller(load_recipe(None, args), overwrite=True)  # same teacher + data: reused, not rebuilt
     assert (cache / "ids.npy").stat().st_mtime == mtime
     with pytest.raises(SlimkitError, match="another teacher"):
-        Distiller(load_recipe(None, [*args, "loss.topk=4"]))
+        Distiller(load_recipe(None, [*args, "loss.topk=4"]), overwrite=True)
 
 
 def test_topk_loss_close_to_live_teacher_with_large_k(pair, tmp_path):

@@ -22,10 +22,12 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
     return _recipe.load(DistillConfig, path, overrides)
 
 
-def train(cfg: DistillConfig, *, resume: bool = False) -> dict:
+def train(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False) -> dict:
+    """Run a distillation; `resume` continues the run in `cfg.out`, `overwrite` starts it over there
+    (the rules: `slimkit.compress.distill.rundir`)."""
     from slimkit.compress.distill.trainer import train as _train
 
-    return _train(cfg, resume=resume)
+    return _train(cfg, resume=resume, overwrite=overwrite)
 
 
 __all__ = ["DistillConfig", "SelectConfig", "load_recipe", "train"]

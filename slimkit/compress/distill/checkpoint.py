@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from slimkit.errors import SlimkitError
+
 _NAME = re.compile(r"^step-(\d{8})\.pt$")
 
 
@@ -60,4 +62,12 @@ def latest(ckpt_dir: Path) -> Path | None:
 
 
 def load(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """The checkpoint's state; one clear error if the file is not a readable checkpoint."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch.load raises many types (pickle, zip, EOF) for a damaged file
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SlimkitError(f"cannot read checkpoint {path} ({first}); delete it to resume from an earlier one") from None
+    if not isinstance(state, dict) or not {"step", "model", "optimizer", "scheduler", "rng"} <= state.keys():
+        raise SlimkitError(f"{path} is not a slimkit distillation checkpoint")
+    return state

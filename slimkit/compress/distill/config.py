@@ -165,6 +165,17 @@ class DistillConfig(StageConfig):
         if self.loss.teacher == "topk" and self.rollout.source == "student":
             raise ValueError("loss.teacher=topk caches the teacher on fixed sequences: "
                              "use rollout.source teacher or dataset (on-policy needs loss.teacher=live)")
+        # An option that the chosen setting does not use is an error, not silently ignored.
+        r, lo = self.rollout, self.loss
+        if r.engine == "vllm" and r.source != "student":
+            raise ValueError(f"rollout.engine=vllm samples the student on-policy; rollout.source={r.source} "
+                             "does not sample with it (drop rollout.engine, or use rollout.source=student)")
+        if r.refresh_every != 1 and r.engine != "vllm":
+            raise ValueError("rollout.refresh_every applies to rollout.engine=vllm only")
+        if r.cache is not None and r.source != "teacher":
+            raise ValueError(f"rollout.cache holds teacher rollouts; rollout.source={r.source} does not use it")
+        if lo.teacher != "topk" and (lo.topk != LossConfig.model_fields["topk"].default or lo.topk_cache):
+            raise ValueError("loss.topk / loss.topk_cache apply to loss.teacher=topk only")
         return self
 
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from slimkit.errors import SlimkitError
+
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -95,7 +97,8 @@ class PeakMemory:
 
 
 class MetricsLog:
-    """Append-only JSONL of step records. On resume, records after the checkpoint's step are dropped."""
+    """Append-only JSONL of step records. On resume, records after the checkpoint's step are dropped,
+    and so is a torn last line."""
 
     def __init__(self, path: Path, *, keep_until_step: int | None = None, enabled: bool = True):
         self.path, self.enabled = path, enabled
@@ -105,14 +108,32 @@ class MetricsLog:
         if keep_until_step is None:
             path.write_text("")
         elif path.exists():
-            kept = [ln for ln in path.read_text().splitlines() if ln.strip()
-                    and json.loads(ln).get("step", 0) <= keep_until_step]
+            kept = [ln for ln, rec in _records(path) if rec.get("step", 0) <= keep_until_step]
             path.write_text("".join(ln + "\n" for ln in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(_clean(record)) + "\n")
+
+
+def _records(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) of a metrics log. A torn last line (the process was killed while writing it) is
+    dropped; an unreadable line before it is an error."""
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    out = []
+    for i, ln in enumerate(lines, 1):
+        try:
+            rec = json.loads(ln)
+        except json.JSONDecodeError:
+            rec = None
+        if not isinstance(rec, dict):
+            if i == len(lines):
+                break
+            raise SlimkitError(f"{path}:{i} is not a JSON record: the metrics log is damaged "
+                               "(fix or remove that line to resume)")
+        out.append((ln, rec))
+    return out
 
 
 def _clean(record: dict[str, Any]) -> dict[str, Any]:

@@ -45,6 +45,10 @@ def load_pair(teacher_path: str, student_path: str, *, teacher_dtype: str, devic
     check_vocab(stok, ttok, scfg.vocab_size, tcfg.vocab_size)
     teacher, _ = artifacts.load(tdir, dtype=DTYPES[teacher_dtype], device=str(device), with_tokenizer=False)
     student, _ = artifacts.load(sdir, dtype=torch.float32, device=str(device), with_tokenizer=False)
+    for role, model, path in (("teacher", teacher, tdir), ("student", student, sdir)):
+        if getattr(model.get_output_embeddings(), "bias", None) is not None:
+            raise SlimkitError(f"{role} {path}: its lm_head has a bias, which distillation does not apply; "
+                               "use a model whose lm_head has none (Qwen, Llama, Mistral)")
     teacher.requires_grad_(False).eval()
     return teacher, student, stok, tdir, sdir
 

@@ -43,7 +43,7 @@ import torch
 import torch.distributed as dist
 
 from slimkit import artifacts
-from slimkit.compress.distill import checkpoint
+from slimkit.compress.distill import checkpoint, rundir
 from slimkit.compress.distill.config import DistillConfig
 from slimkit.compress.distill.losses import Body, Teacher, kl, last_hidden, lm_head, scores, targets
 from slimkit.compress.distill.memory import tile_mlps
@@ -104,12 +104,17 @@ class DistEnv:
         return t.tolist()
 
 
+def parse_device(device: str, local_rank: int = 0) -> torch.device:
+    """`train.device`: auto (cuda:LOCAL_RANK if CUDA is available, else cpu), cpu, cuda or cuda:N."""
+    if device == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    return artifacts.check_device(device, what="train.device")
+
+
 def _dist_env(device: str) -> DistEnv:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = parse_device(device, local)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     if dev.type == "cuda":
@@ -120,7 +125,7 @@ def _dist_env(device: str) -> DistEnv:
 class Distiller:
     """Holds the models, data, optimizer and run directory of one distillation run."""
 
-    def __init__(self, cfg: DistillConfig, *, resume: bool = False):
+    def __init__(self, cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False):
         self.cfg = cfg
         self.env = _dist_env(cfg.train.device)
         if cfg.train.threads:
@@ -129,9 +134,20 @@ class Distiller:
             raise SlimkitError(f"train.prompts_per_step={cfg.train.prompts_per_step} is not divisible by the "
                                f"{self.env.world} data-parallel ranks")
         self.out = Path(cfg.out).expanduser()
-        self.ckpt_dir = self.out / "checkpoints"
-        if resume and checkpoint.latest(self.ckpt_dir) is None:
-            raise SlimkitError(f"--resume: no checkpoint in {self.ckpt_dir}")
+        self.ckpt_dir = self.out / rundir.CHECKPOINTS
+        rundir.check(self.out, resume=resume, overwrite=overwrite)
+        resume_state = None
+        if resume:
+            path = checkpoint.latest(self.ckpt_dir)
+            resume_state = checkpoint.load(path)
+            rundir.check_resume_recipe(path, resume_state.get("recipe") or {}, dump(cfg))
+        if self.env.ddp:
+            dist.barrier()                          # every rank has checked before rank 0 writes
+        if self.env.rank == 0:
+            if overwrite:
+                rundir.start_over(self.out)
+            if not resume:
+                rundir.mark(self.out, dump(cfg))
 
         # Everything a user can get wrong is checked before the first step.
         tdtype = cfg.train.teacher_dtype or cfg.train.dtype
@@ -179,12 +195,9 @@ class Distiller:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, functools.partial(
             lr_factor, warmup=o.warmup_steps, total=cfg.train.steps, min_ratio=o.min_lr_ratio))
         self.step = 0
-        if resume:
-            self._load(checkpoint.latest(self.ckpt_dir))
-        elif self.env.rank == 0:
-            for old in checkpoint.list_checkpoints(self.ckpt_dir):
-                old.unlink()
-        self.log = MetricsLog(self.out / "metrics.jsonl", keep_until_step=self.step if resume else None,
+        if resume_state is not None:
+            self._load(checkpoint.latest(self.ckpt_dir), resume_state)
+        self.log = MetricsLog(self.out / rundir.METRICS, keep_until_step=self.step if resume else None,
                               enabled=self.env.rank == 0)
         self._stop_signal: str | None = None
 
@@ -219,13 +232,17 @@ class Distiller:
                                  teacher_hash=artifacts.dir_hash(self.teacher_dir))
         return self.env.rank0_first(make)
 
-    def _load(self, path: Path) -> None:
-        state = checkpoint.load(path)
-        self.student.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
-        checkpoint.set_rng_state(state["rng"])
-        self.step = state["step"]
+    def _load(self, path: Path, state: dict[str, Any]) -> None:
+        try:
+            self.student.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+            checkpoint.set_rng_state(state["rng"])
+            self.step = int(state["step"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise SlimkitError(f"--resume: checkpoint {path} does not fit this run's student "
+                               f"{self.student_dir} ({first})") from None
 
     def save_checkpoint(self) -> None:
         if self.env.rank == 0:
@@ -399,18 +416,19 @@ class Distiller:
         if start_eval:
             metrics["start_eval_acc"] = start_eval["eval_acc"]
         self.save_checkpoint()
-        out = self.out / "student"
-        if self.env.rank == 0:
+        out = self.out / rundir.STUDENT
+        if self.env.rank == 0:  # the run dir was checked at the start: a student there is this run's own
             artifacts.save(self.student, self.tok, out, stage="distill", parent=self.student_dir,
-                           recipe=dump(cfg), metrics=metrics, teacher=str(self.teacher_dir))
+                           recipe=dump(cfg), metrics=metrics, teacher=str(self.teacher_dir), overwrite=True)
         if self.env.ddp:
             dist.barrier()
         return {"stopped": False, "step": self.step, "student": str(out), "metrics": metrics}
 
 
-def train(cfg: DistillConfig, *, resume: bool = False) -> dict[str, Any]:
-    """Run (or resume) a distillation run; returns a summary (final metrics, output dir)."""
-    return Distiller(cfg, resume=resume).run()
+def train(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Run (or resume, or start over) a distillation run; returns a summary (final metrics, output dir).
+    The run directory's rules: `slimkit.compress.distill.rundir`."""
+    return Distiller(cfg, resume=resume, overwrite=overwrite).run()
 
 
 __all__ = ["DTYPES", "Distiller", "lr_factor", "step_indices", "train"]
