@@ -86,10 +86,8 @@ def check_target(out: str | os.PathLike, *, overwrite: bool = False,
         if not is_own(out):
             raise ArtifactError(f"{out} already exists and was not written by slimkit: refusing to replace it "
                                 "(choose another path, or move it away yourself)")
-    elif out.is_file() and not out.is_symlink() and is_own(out):
-        pass
-    else:
-        raise ArtifactError(f"{out} already exists and is not a slimkit output directory: refusing to replace it "
+    elif not (out.is_file() and not out.is_symlink() and is_own(out)):
+        raise ArtifactError(f"{out} already exists and was not written by slimkit: refusing to replace it "
                             "(choose another path, or move it away yourself)")
     if not overwrite:
         raise ArtifactError(f"{out} already holds an earlier slimkit output: pass {flag} to replace it")

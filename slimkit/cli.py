@@ -25,13 +25,14 @@ console = Console(stderr=True)
 def eval_cmd(
     model: str = typer.Argument(..., help="Model directory (config.json + safetensors + tokenizer)."),
     task: str = typer.Option(..., "--task", "-t", help="arith | jobs"),
-    split: str = typer.Option("test", help="train | validation | test"),
-    n: int | None = typer.Option(None, "--n", help="Evaluate the first N examples of the split."),
-    k: int = typer.Option(1, "--k", help="arith: also sample K answers per problem and report pass@K."),
-    temperature: float = typer.Option(1.0, help="Sampling temperature for pass@K."),
-    batch_size: int = typer.Option(64, help="Rows per generation batch."),
+    split: str | None = typer.Option(None, help="train | validation | test (default test; not with --data)."),
+    n: int | None = typer.Option(None, "--n", min=1, help="Evaluate the first N examples of the split."),
+    k: int | None = typer.Option(None, "--k", min=1, help="arith: also sample K answers per problem and report pass@K."),
+    temperature: float | None = typer.Option(None, min=0.0, help="arith, with --k: sampling temperature (default 1.0)."),
+    batch_size: int = typer.Option(64, min=1, help="Rows per generation batch."),
     data: str | None = typer.Option(None, help="JSONL file of your own examples (prompt, answer, meta)."),
     out: str | None = typer.Option(None, "--out", "-o", help="Write the metrics as JSON here."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier slimkit eval result at --out."),
 ) -> None:
     """Evaluate a model on a task: arith accuracy per level, pass@k and answer length; jobs AUC and accuracy.
 
@@ -46,7 +47,7 @@ def eval_cmd(
     from slimkit.tasks.eval import eval_model_dir
 
     eval_model_dir(model, task, split=split, n=n, k=k, temperature=temperature, batch_size=batch_size,
-                   data=data, out=out, console=Console())
+                   data=data, out=out, overwrite=overwrite, console=Console())
 
 
 toy_app = typer.Typer(help="The embedded toy world: a tokenizer, a teacher and a student trained on CPU.",
@@ -102,6 +103,7 @@ def distill_cmd(
     recipe: str = typer.Argument(..., help="distillation recipe (YAML), e.g. recipes/opd_toy.yaml"),
     set_: list[str] = typer.Option(None, "--set", help="override a recipe key: --set select.ratio=0.5"),
     resume: bool = typer.Option(False, "--resume", help="continue from the run's latest checkpoint"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="start over in a run directory that holds a run"),
 ) -> None:
     """Distill a teacher into a student (on-policy / off-policy KD, token selection).
 
@@ -113,12 +115,14 @@ def distill_cmd(
 
         slimkit distill recipes/opd_toy.yaml --resume        # after a kill or SIGTERM
 
+        slimkit distill recipes/opd_toy.yaml --overwrite     # start the run in `out` over
+
         torchrun --nproc-per-node 2 -m slimkit.cli distill recipes/opd_toy.yaml --set train.device=cpu
     """
     from slimkit.compress.distill import load_recipe, train
 
     cfg = load_recipe(recipe, set_ or [])
-    result = train(cfg, resume=resume)
+    result = train(cfg, resume=resume, overwrite=overwrite)
     if result["stopped"]:
         console.print(f"stopped at step {result['step']}; checkpoint {result['checkpoint']} "
                       "(continue with --resume)")
@@ -131,14 +135,14 @@ def serve_cmd(
     model_dir: str = typer.Argument(..., help="model directory (HF format; an ONNX export for onnxruntime)"),
     engine: str = typer.Option("torch", help="torch | vllm (run inside .venv-vllm) | onnxruntime"),
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
-    port: int = typer.Option(50051, help="port; 0 picks a free one (see --port-file)"),
+    port: int = typer.Option(50051, min=0, max=65535, help="port; 0 picks a free one (see --port-file)"),
     port_file: str = typer.Option(None, help="write the bound port to this file once serving"),
-    dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16"),
-    device: str = typer.Option("cpu", help="torch engine: cpu | cuda"),
-    max_batch: int = typer.Option(64, help="items per engine batch"),
-    workers: int = typer.Option(8, help="gRPC handler threads"),
+    dtype: str = typer.Option(None, help="torch/vllm: float32 (default) | bfloat16 | float16; onnxruntime: the export's"),
+    device: str = typer.Option(None, help="torch engine: cpu (default) | cuda | cuda:N"),
+    max_batch: int = typer.Option(64, min=1, help="items per engine batch"),
+    workers: int = typer.Option(8, min=1, help="gRPC handler threads"),
     template: str = typer.Option(None, help="user-prompt template with {query} and {item} (default: jobs)"),
-    template_item_first: str = typer.Option(None, help="template for item_first requests"),
+    template_item_first: str = typer.Option(None, help="with --template: its item-first variant"),
     no_chat: bool = typer.Option(False, "--no-chat", help="do not wrap the template in the chat template"),
 ) -> None:
     """Serve a model over gRPC (slimkit.v1.Scorer: Score, LogProbs, ModelInfo; health; reflection).
@@ -154,14 +158,9 @@ def serve_cmd(
     from slimkit.serve.prompt import PromptTemplate
     from slimkit.serve.server import serve
 
-    tpl = PromptTemplate(chat=not no_chat)
-    if template:
-        tpl = PromptTemplate(template, template_item_first, chat=not no_chat)
-    opts: dict = {"dtype": dtype, "max_batch": max_batch}
-    if engine == "torch":
-        opts["device"] = device
+    tpl = PromptTemplate.from_options(template, template_item_first, chat=not no_chat)
     serve(model_dir, engine=engine, host=host, port=port, template=tpl, workers=workers,
-          port_file=port_file, **opts)
+          port_file=port_file, dtype=dtype, device=device, max_batch=max_batch)
 
 
 @app.command("score")
@@ -173,7 +172,7 @@ def score_cmd(
     normalization: str = typer.Option("labels", help="labels | vocab | logit_diff"),
     item_first: bool = typer.Option(False, "--item-first", help="put the item before the query"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
-    timeout: float = typer.Option(60.0, help="deadline in seconds"),
+    timeout: float = typer.Option(60.0, min=0.001, help="deadline in seconds"),
 ) -> None:
     """Score items against a query on a running scorer; print a table (or JSON).
 
@@ -212,15 +211,32 @@ def score_cmd(
     Console().print(table)
 
 
+def _error(message: str, code: int = 2) -> None:
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
 def main() -> None:
+    """Run the app; every user error (a SlimkitError, a bad option or argument) is one line on stderr."""
+    from typer._click.exceptions import ClickException, UsageError  # typer vendors click
+
     try:
-        app()
+        code = app(standalone_mode=False)
     except SlimkitError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _error(str(e))
+    except UsageError as e:
+        where = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+        _error(e.format_message() + where, e.exit_code)
+    except ClickException as e:
+        _error(e.format_message(), e.exit_code)
+    except typer.Abort:
+        _error("aborted", 1)
     except KeyboardInterrupt:
         console.print("[bold red]interrupted[/]")
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

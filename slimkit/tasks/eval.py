@@ -106,17 +106,35 @@ def eval_jobs(model, tokenizer, examples: list[Example], *, batch_size: int = 64
             "items_per_s": len(examples) / seconds if seconds > 0 else None, "seconds": seconds}
 
 
+def check_options(task: str, *, n: int | None = None, k: int | None = None, temperature: float | None = None,
+                  batch_size: int = 64) -> None:
+    """Refuse values that cannot work and options that the task would ignore (one clear error each)."""
+    get_task(task)
+    for name, value in (("n", n), ("k", k), ("batch_size", batch_size)):
+        if value is not None and value < 1:
+            raise TaskError(f"{name} must be >= 1, got {value}")
+    if temperature is not None and temperature < 0:
+        raise TaskError(f"temperature must be >= 0, got {temperature}")
+    if task != "arith" and (k not in (None, 1) or temperature is not None):
+        raise TaskError(f"k and temperature (pass@k sampling) apply to arith only; {task} is scored, not sampled")
+    if temperature is not None and (k or 1) == 1:
+        raise TaskError("temperature is the sampling temperature of the pass@k samples: give k > 1 as well")
+
+
 def evaluate(model, tokenizer, task: str, *, split: str = "test", n: int | None = None,
-             examples: list[Example] | None = None, k: int = 1, temperature: float = 1.0, batch_size: int = 64,
-             max_new_tokens: int | None = None, progress: bool = False, description: str = "") -> dict[str, Any]:
-    """Evaluate on `task` (split's first n examples, or `examples`), optionally with a rich progress bar."""
+             examples: list[Example] | None = None, k: int | None = None, temperature: float | None = None,
+             batch_size: int = 64, max_new_tokens: int | None = None, progress: bool = False,
+             description: str = "") -> dict[str, Any]:
+    """Evaluate on `task` (split's first n examples, or `examples`), optionally with a rich progress bar.
+    arith: `k` > 1 also samples k answers per problem at `temperature` (default 1.0) for pass@k."""
+    check_options(task, n=n, k=k, temperature=temperature, batch_size=batch_size)
+    k = k or 1
+    temperature = 1.0 if temperature is None else temperature
     source = split if examples is None else "custom"
     if examples is None:
         examples = get_task(task).split(split, n)
     elif n is not None:
         examples = examples[:n]
-    else:
-        get_task(task)
     if not examples:
         raise TaskError(f"no examples to evaluate for task {task!r}")
     total = len(examples) * (1 + (k if task == "arith" and k > 1 else 0))
@@ -175,10 +193,22 @@ def results_table(results: dict[str, dict[str, Any]], title: str = ""):
     return table
 
 
-def eval_model_dir(path, task: str, *, split: str = "test", n: int | None = None, k: int = 1,
-                   temperature: float = 1.0, batch_size: int = 64, data=None, out=None, console=None
-                   ) -> dict[str, Any]:
-    """`slimkit eval`: load a model dir, evaluate with a progress bar, print a table, write JSON."""
+def is_eval_result(path) -> bool:
+    """Whether `path` is a JSON file that `slimkit eval --out` wrote (so --overwrite may replace it)."""
+    import json
+
+    try:
+        res = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(res, dict) and {"task", "n", "split", "model"} <= res.keys()
+
+
+def eval_model_dir(path, task: str, *, split: str | None = None, n: int | None = None, k: int | None = None,
+                   temperature: float | None = None, batch_size: int = 64, data=None, out=None,
+                   overwrite: bool = False, console=None) -> dict[str, Any]:
+    """`slimkit eval`: load a model dir, evaluate with a progress bar, print a table, write JSON. An
+    existing `out` is replaced only if it is an earlier eval result and `overwrite` is set."""
     import json
     from pathlib import Path
 
@@ -188,16 +218,18 @@ def eval_model_dir(path, task: str, *, split: str = "test", n: int | None = None
     from slimkit import artifacts
     from slimkit.tasks import read_jsonl
 
-    get_task(task)
+    check_options(task, n=n, k=k, temperature=temperature, batch_size=batch_size)
+    if data is not None and split is not None:
+        raise TaskError("--split picks a built-in split; with --data the examples are the file's (drop --split)")
+    if out is not None:
+        artifacts.check_target(out, overwrite=overwrite, is_own=is_eval_result)
     examples = read_jsonl(data) if data is not None else None
     hf_logging.disable_progress_bar()
     model, tok = artifacts.load(path)
-    res = evaluate(model, tok, task, split=split, n=n, examples=examples, k=k, temperature=temperature,
+    res = evaluate(model, tok, task, split=split or "test", n=n, examples=examples, k=k, temperature=temperature,
                    batch_size=batch_size, progress=True, description=f"eval {task} {Path(path).name}")
     res["model"] = str(Path(path).absolute())
     (console or Console()).print(results_table({Path(path).name: res}))
     if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=2) + "\n")
+        artifacts.atomic_write_text(out, json.dumps(res, indent=2) + "\n", overwrite=overwrite, is_own=is_eval_result)
     return res
