@@ -54,7 +54,24 @@ def test_selection_shrinks_the_trained_tokens_and_logs_quadrants(pair, tmp_path)
     for q in range(1, 5):
         assert f"q{q}_frac" in rec and f"q{q}_kl" in rec
     assert rec["q3_kept"] == 0 and rec["q4_kept"] == 0
-    assert rec["peak_mem_mb"] >= 0 and rec["mem_method"] in ("proc_hwm", "sampling")
+    assert rec["mem_method"] in ("proc_hwm", "sampling")
+
+
+def test_step_peak_memory_counts_what_the_step_allocates(pair, tmp_path, monkeypatch):
+    """A 96 MiB transient inside the step (above glibc's mmap threshold: fresh pages) shows in peak_mem_mb."""
+    d = Distiller(load_recipe(None, overrides(pair, tmp_path / "r")))
+    d.train_step()                                   # first-step allocations (optimizer state) out of the way
+    base = d.train_step()["peak_mem_mb"]
+    real = d._micro_step
+
+    def with_transient(*args, **kwargs):
+        x = torch.ones(96 * 2**20 // 4)
+        del x
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(d, "_micro_step", with_transient)
+    rec = d.train_step()
+    assert 95 <= rec["peak_mem_mb"] <= base + 96 + 32
 
 
 def test_step_that_keeps_no_token_leaves_the_weights_alone(pair, tmp_path):
@@ -217,13 +234,21 @@ def test_selection_happens_before_the_lm_head_runs_with_gradients(pair, tmp_path
     assert trained[0][2] == rec["kept"] < 0.2 * rec["tokens"] + 1  # gradients: the kept rows only
 
 
-def test_bf16_autocast_and_bf16_teacher_train(pair, tmp_path):
-    cfg = load_recipe(None, overrides(pair, tmp_path / "r", "train.dtype=bfloat16", "rollout.source=student",
-                                      "select.method=entropy_sample"))
-    d = Distiller(cfg)
-    assert next(d.teacher.parameters()).dtype == torch.bfloat16
-    assert next(d.student.parameters()).dtype == torch.float32  # fp32 master weights
-    before = _weights(d.student)
-    rec = d.train_step()
-    assert rec["loss"] > 0 and rec["grad_norm"] > 0
-    assert any(not torch.equal(before[k], v) for k, v in d.student.state_dict().items())
+def test_bf16_step_matches_fp32_within_bf16_tolerance(pair, tmp_path):
+    """bf16 autocast (student body) and a bf16 teacher: the same loss and gradient as fp32 up to bf16
+    rounding (8 mantissa bits: ~0.4% per value), on the same sequences from the same weights."""
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = load_recipe(None, overrides(pair, tmp_path / dtype, f"train.dtype={dtype}", "optim.grad_clip=null"))
+        d = Distiller(cfg)
+        if dtype == "bfloat16":
+            assert next(d.teacher.parameters()).dtype == torch.bfloat16
+            assert next(d.student.parameters()).dtype == torch.float32  # fp32 master weights
+        rec = d.train_step()
+        grad = torch.cat([p.grad.flatten() for p in d.params])
+        runs[dtype] = (rec, grad)
+    (r32, g32), (r16, g16) = runs["float32"], runs["bfloat16"]
+    assert r16["tokens"] == r32["tokens"] and r16["loss"] == pytest.approx(r32["loss"], rel=1e-2)
+    assert torch.nn.functional.cosine_similarity(g16, g32, dim=0) > 0.999
+    assert float(g16.norm() / g32.norm()) == pytest.approx(1.0, abs=0.03)
+    assert not torch.equal(g16, g32)  # bf16 did run

@@ -94,11 +94,14 @@ def test_killed_toy_build_leaves_no_model_dir(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "slimkit.cli", "toy", "build", "--out", str(out)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and not list(tmp_path.glob(".toy.tmp-*")):
+    while time.time() < deadline and not list(tmp_path.glob(".toy.tmp-*")) and proc.poll() is None:
         time.sleep(0.2)
+    started = list(tmp_path.glob(".toy.tmp-*"))
     time.sleep(1.0)
+    still_running = proc.poll() is None
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
+    assert started and still_running, "the build never began writing, or ended before the signal"
     assert proc.returncode != 0
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
