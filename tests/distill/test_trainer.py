@@ -46,6 +46,31 @@ def test_gradient_accumulation_equals_one_big_batch(pair, tmp_path):
     assert len(lens) > 1
 
 
+def _first_step_grads(pair, out, *extra):
+    d = Distiller(load_recipe(None, overrides(pair, out, "optim.grad_clip=null", *extra)))
+    rec = d.train_step()
+    return rec, {n: p.grad.clone() for n, p in d.student.named_parameters() if p.grad is not None}
+
+
+def test_which_selections_give_the_big_batch_update(pair, tmp_path):
+    """The rule the README states: selection runs per micro-batch (and per DDP rank). A per-token rule
+    (quadrant with absolute thresholds) keeps the same tokens whatever the micro-batch, so the update is
+    the big batch's; a rule relative to the micro-batch (entropy_top's ratio) keeps other tokens."""
+    # the tiny pair's JSD lies in 0.0047-0.0051 nats: this keeps about half of the tokens
+    absolute = ("select.method=quadrant", "select.threshold=absolute", "select.quadrants=[Q1, Q3]",
+                "select.entropy_threshold=0.0", "select.divergence_threshold=0.00491")
+    (r4, g4), (r1, g1) = (_first_step_grads(pair, tmp_path / f"abs{mb}", *absolute, f"train.micro_batch={mb}")
+                          for mb in (4, 1))
+    assert 0 < r4["kept"] == r1["kept"] < r4["tokens"]
+    for k in g4:
+        torch.testing.assert_close(g1[k], g4[k], rtol=1e-4, atol=1e-7)
+    top = ("select.method=entropy_top", "select.ratio=0.3")
+    (t4, h4), (t1, h1) = (_first_step_grads(pair, tmp_path / f"top{mb}", *top, f"train.micro_batch={mb}")
+                          for mb in (4, 1))
+    assert t4["tokens"] == t1["tokens"]
+    assert any(not torch.allclose(h1[k], h4[k], rtol=1e-3, atol=1e-6) for k in h4)
+
+
 def test_selection_shrinks_the_trained_tokens_and_logs_quadrants(pair, tmp_path):
     cfg = load_recipe(None, overrides(pair, tmp_path / "r", "select.method=entropy_top", "select.ratio=0.25"))
     rec = Distiller(cfg).train_step()

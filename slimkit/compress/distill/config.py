@@ -59,6 +59,9 @@ class SelectConfig(StageConfig):
     """Token-importance selection (TIP), applied before the student's lm_head runs with gradients.
 
     H is the student's entropy, D the teacher-student Jensen-Shannon divergence (<= ln 2).
+    Selection runs per micro-batch and per DDP rank: `ratio`, `entropy_sample` and quantile thresholds
+    are relative to each micro-batch's tokens (so the kept set depends on train.micro_batch and the
+    world size); `all` and absolute thresholds are per-token and keep the big batch's tokens.
     """
 
     method: Literal["all", "entropy_top", "entropy_sample", "quadrant", "union"] = "all"

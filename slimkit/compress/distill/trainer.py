@@ -12,7 +12,10 @@ each micro-batch of sequences:
 
 Gradients are then divided by the number of kept tokens of the whole optimizer step (summed over
 micro-batches and DDP ranks), so gradient accumulation and data parallelism give the same update as
-one big batch. Then clipping, AdamW, and the warmup + cosine schedule. A step that kept no token
+one big batch for the same kept tokens. Selection itself runs per micro-batch and per rank: the kept
+tokens are the big batch's for `select.method: all` and per-token rules (`quadrant` with absolute
+thresholds); `entropy_top`, `entropy_sample` and quantile thresholds rank each micro-batch's tokens,
+so their update depends on `train.micro_batch` and the world size. Then clipping, AdamW, and the warmup + cosine schedule. A step that kept no token
 (possible with quadrant thresholds) leaves the weights alone instead of an AdamW step on zero gradients.
 
 Memory (single process, `train.fuse_weight_grad` / `train.sparse_embedding_grad`, on by default): the
