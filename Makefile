@@ -52,8 +52,8 @@ test: setup envs
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# The toy world ships with the package: the demo reports on it (no training).
 demo: setup
-	$(BIN)/slimkit toy build
 	$(BIN)/slimkit toy report
 
 lint: setup

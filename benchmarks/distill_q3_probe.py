@@ -6,7 +6,7 @@ held-out training prompts, teacher-forced): mean and median entropy, gold-token 
 (argmax = gold) and sequence accuracy (every token's argmax = gold).
 
     .venv/bin/python benchmarks/distill_q3_probe.py
-    .venv/bin/python benchmarks/distill_q3_probe.py --student ~/.cache/slimkit/toy-v2-student-l4 --set optim.lr=3e-4
+    .venv/bin/python benchmarks/distill_q3_probe.py --student runs/toy-student-l4 --set optim.lr=3e-4
 
 Writes benchmarks/results/distill_q3_probe.{json,md} (or --out).
 """

@@ -7,7 +7,7 @@ Q1 H >= h, D >= d; Q2 H >= h, D < d; Q3 H < h, D >= d ("overconfident"); Q4 H < 
 If most first errors are uncertain (Q1), Q3-only distillation cannot reach most of them.
 
     .venv/bin/python benchmarks/first_errors.py                                   # the toy student
-    .venv/bin/python benchmarks/first_errors.py --students ~/.cache/slimkit/toy-v2/student,~/.cache/slimkit/toy-v2-student-l4
+    .venv/bin/python benchmarks/first_errors.py --students toy:student,runs/toy-student-l4
 
 Writes benchmarks/results/first_errors.{json,md} (or --out).
 """
@@ -70,8 +70,8 @@ def first_errors(student, teacher, tok, n: int, h: float, d: float) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--teacher", default="~/.cache/slimkit/toy-v2/teacher")
-    ap.add_argument("--students", default="~/.cache/slimkit/toy-v2/student")
+    ap.add_argument("--teacher", default="toy:teacher")
+    ap.add_argument("--students", default="toy:student")
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--entropy-threshold", type=float, default=1.0, help="nats")
     ap.add_argument("--divergence-threshold", type=float, default=0.05, help="nats (JSD)")

@@ -84,7 +84,7 @@ def load_engine(args):
     from slimkit import toy
 
     if toy.is_built() and not args.random:
-        path, model = toy.default_dir() / "teacher", f"toy teacher ({toy.default_dir() / 'teacher'})"
+        path, model = toy.shipped_dir() / "teacher", f"toy teacher ({toy.shipped_dir() / 'teacher'})"
     else:
         path = Path(tempfile.mkdtemp()) / "model"
         toy.make_tiny_model_dir(path, hidden=128, layers=4, heads=4, kv_heads=2, head_dim=32, intermediate=512)

@@ -97,7 +97,7 @@ def main() -> None:
     if args.src:
         record = json.loads((Path(args.src).expanduser() / "toy.json").read_text())
     else:
-        from slimkit.toy_build import build
+        from slimkit.toy.build import build
 
         with tempfile.TemporaryDirectory() as tmp:
             record = build(Path(tmp) / "toy")

@@ -5,7 +5,7 @@ validation accuracy reaches 30%) by default; the shape, the step budget, the sto
 trained on can be changed. Used to see how a distillation result depends
 on the student's capacity, e.g. Q3-only token selection (benchmarks/results/distill_q3.md):
 
-    .venv/bin/python benchmarks/toy_student.py --layers 4 --intermediate 512 --out ~/.cache/slimkit/toy-v2-student-l4
+    .venv/bin/python benchmarks/toy_student.py --layers 4 --intermediate 512 --out runs/toy-student-l4
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def main() -> None:
-    from slimkit import toy_build
+    from slimkit.toy import build as toy_build
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--toy", default="~/.cache/slimkit/toy-v2", help="toy world (its student's tokenizer is reused)")
+    ap.add_argument("--tokenizer-from", default="toy:student", help="model whose tokenizer is reused")
     ap.add_argument("--out", required=True)
     for key in ("hidden", "layers", "heads", "kv_heads", "head_dim", "intermediate"):
         ap.add_argument(f"--{key.replace('_', '-')}", type=int, default=toy_build.STUDENT[key])
@@ -38,10 +38,10 @@ def main() -> None:
     from slimkit import artifacts, toy
     from slimkit.tasks import get_task
     from slimkit.tasks.eval import evaluate
-    from slimkit.tasks.sft import SFTConfig, train
+    from slimkit.toy.sft import SFTConfig, train
 
     torch.set_num_threads(args.threads)
-    _, tok = artifacts.load(Path(args.toy).expanduser() / "student")
+    tok = artifacts.load_tokenizer(args.tokenizer_from)
     shape = {**toy_build.STUDENT, **{k: getattr(args, k) for k in toy_build.STUDENT if k != "init_std"}}
     steps = args.steps
     cfg = SFTConfig(steps=steps, seed=1, warmup=min(100, max(1, steps // 10)))
@@ -50,7 +50,7 @@ def main() -> None:
                       if ex.meta["level"] in levels]}
     model = toy.new_model(tok, seed=1, **shape)
     params = sum(p.numel() for p in model.parameters())
-    stop = toy_build._stop_at(model, tok, args.stop, toy_build.STUDENT_CHECK) if args.stop > 0 else None
+    stop = toy_build.stop_at(model, tok, args.stop, toy_build.STUDENT_CHECK) if args.stop > 0 else None
     stats = train(model, tok, data, toy_build.STUDENT_WEIGHTS, cfg, description="train student", on_step=stop)
     acc = evaluate(model, tok, "arith", split="test", n=toy_build.EVAL_N["arith"])
     metrics = {"arith": acc, "train": stats}

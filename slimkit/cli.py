@@ -38,7 +38,7 @@ def eval_cmd(
 
     Examples:
 
-        slimkit eval ~/.cache/slimkit/toy-v2/teacher --task arith --n 200
+        slimkit eval toy:teacher --task arith --n 200
 
         slimkit eval runs/student --task arith --k 4 --out results.json
 
@@ -50,39 +50,51 @@ def eval_cmd(
                    data=data, out=out, overwrite=overwrite, console=Console())
 
 
-toy_app = typer.Typer(help="The embedded toy world: a tokenizer, a teacher and a student trained on CPU.",
+toy_app = typer.Typer(help="The embedded toy world: a tokenizer, a teacher and a student, shipped with slimkit.",
                       no_args_is_help=True)
 app.add_typer(toy_app, name="toy")
 
 
 @toy_app.command("build")
 def toy_build_cmd(
-    out: str | None = typer.Option(None, "--out", help="Directory (default ~/.cache/slimkit/toy-v2, or $SLIMKIT_HOME/toy-v2)."),
-    force: bool = typer.Option(False, "--force", help="Rebuild even if the toy world is already there."),
+    out: str | None = typer.Option(None, "--out", help="Directory (default ~/.cache/slimkit/toy-v3, or $SLIMKIT_HOME/toy-v3)."),
+    seed: int = typer.Option(0, "--seed", help="Teacher seed (the student uses seed + 1)."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads (default: up to 2)."),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier toy build in --out."),
 ) -> None:
-    """Train the toy world (tokenizer, teacher, student) with fixed seeds; skipped if already built.
+    """Rebuild the toy world from nothing (tokenizer, teacher, student) with fixed seeds.
+
+    The shipped world (`slimkit toy path`) is what recipes, tests and benchmarks use; a rebuild is
+    for checking that the build lands in the same place on your machine.
 
     Examples:
 
         slimkit toy build
 
-        slimkit toy build --out /tmp/toy --force
+        slimkit toy build --out /tmp/toy --seed 1
 
         SLIMKIT_TOY_STEPS_SCALE=0.05 slimkit toy build --out /tmp/quick   # a tiny smoke build
     """
-    from slimkit import toy
-    from slimkit.toy_build import build
+    from pathlib import Path
 
-    root = toy.default_dir() if out is None else out
-    if toy.is_built(root) and not force:
-        Console().print(f"toy world already built at {root} (use --force to rebuild)")
-        return
-    build(root)
+    from slimkit import toy
+    from slimkit.toy.build import build
+
+    root = Path(out).expanduser() if out is not None else toy.rebuild_dir()
+    if root.resolve() == toy.shipped_dir().resolve():
+        raise SlimkitError(f"{root} is the shipped toy world: rebuild into another directory (--out)")
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        if not (root / "toy.json").is_file():
+            raise SlimkitError(f"{root} exists and is not a toy world that slimkit built: "
+                               "choose an empty or new directory with --out")
+        if not force:
+            raise SlimkitError(f"a toy world is already built at {root}: use --force to replace it")
+    build(root, seed=seed, threads=threads, overwrite=force)
 
 
 @toy_app.command("report")
 def toy_report_cmd(
-    out: str | None = typer.Option(None, "--out", help="Toy world directory (default: the cached one)."),
+    path: str | None = typer.Option(None, "--dir", help="Toy world directory (default: the shipped one)."),
 ) -> None:
     """Print the teacher's and the student's eval tables (computed and cached if missing).
 
@@ -90,12 +102,29 @@ def toy_report_cmd(
 
         slimkit toy report
 
-        slimkit toy report --out /tmp/toy
+        slimkit toy report --dir ~/.cache/slimkit/toy-v3
     """
     from slimkit import toy
-    from slimkit.toy_build import report
+    from slimkit.toy.report import report
 
-    report(toy.default_dir() if out is None else out, console=Console())
+    report(toy.shipped_dir() if path is None else path, console=Console())
+
+
+@toy_app.command("path")
+def toy_path_cmd(
+    model: str | None = typer.Argument(None, help="teacher | student (default: the world's directory)."),
+) -> None:
+    """Print where the shipped toy world (or one of its models) is.
+
+    Examples:
+
+        slimkit toy path
+
+        slimkit eval "$(slimkit toy path teacher)" --task jobs     # same as: slimkit eval toy:teacher ...
+    """
+    from slimkit import toy
+
+    print(toy.shipped_dir() if model is None else toy.resolve(toy.PREFIX + model))
 
 
 @app.command("distill")
@@ -149,7 +178,7 @@ def serve_cmd(
 
     Examples:
 
-        slimkit serve ~/.cache/slimkit/toy/teacher --port 50051
+        slimkit serve toy:teacher --port 50051
 
         slimkit serve out/student --dtype bfloat16 --device cuda
 

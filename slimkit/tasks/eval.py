@@ -101,7 +101,11 @@ def eval_jobs(model, tokenizer, examples: list[Example], *, batch_size: int = 64
     labels = [binary_label(ex) for ex in examples]
     correct = [(p >= 0.5) == bool(y) for p, y in zip(p_yes, labels, strict=True)]
     mass = torch.logsumexp(lp, dim=-1).exp().mean().item()
-    return {"task": "jobs", "n": len(examples), "auc": auc(p_yes, labels),
+    by_layout: dict[str, float] = {}
+    for layout in sorted({ex.meta.get("layout") for ex in examples} - {None}):
+        idx = [i for i, ex in enumerate(examples) if ex.meta.get("layout") == layout]
+        by_layout[layout] = auc([p_yes[i] for i in idx], [labels[i] for i in idx])
+    return {"task": "jobs", "n": len(examples), "auc": auc(p_yes, labels), "auc_by_layout": by_layout,
             "accuracy": sum(correct) / max(1, len(correct)), "label_mass": mass,
             "items_per_s": len(examples) / seconds if seconds > 0 else None, "seconds": seconds}
 

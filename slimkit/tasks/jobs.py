@@ -1,8 +1,10 @@
 """`jobs`: query / job-posting relevance with yes/no labels, in the shape of semantic job search.
 
 A query names a title, a place and two skills; a posting names a title, a place, a company and its
-skills, then a description of realistic filler (benefits, culture, process) that a context
-compressor could drop.
+skills among realistic filler (benefits, culture, process) that a context compressor could drop, in
+one of three layouts (`LAYOUTS`): the fields first as a header, the field lines scattered among the
+filler lines, or prose that states the fields inside sentences. Only the first puts what matters in
+the first tokens, so the other two are the ones on which context compression is measured.
 The label is "yes" exactly when the posting's title and place both match the query's. Negatives
 differ in the title, the place, or both (hard negatives share the other field and the skills).
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import random
 
-from slimkit.tasks.base import Example, Task
+from slimkit.tasks.base import Example, Task, TaskError
 
 # How query and posting are joined into the user prompt. The query comes first so that a scorer can
 # prefill the shared part once; the posting starts after a newline so it tokenizes the same alone.
@@ -66,12 +68,58 @@ def make_query(title: str, place: str, skills: list[str]) -> str:
     return f"title: {title}\nplace: {place}\nskills: {', '.join(skills)}"
 
 
-def make_posting(rng: random.Random, title: str, place: str, skills: list[str]) -> str:
-    """The structured fields first, one a line (as job boards render a posting's header), then the
-    description: filler sentences that a context compressor could drop."""
-    filler = rng.sample(FILLER, rng.randint(3, 5))
-    return "\n".join([f"title: {title}", f"place: {place}", f"company: {rng.choice(COMPANIES)}",
-                      f"requirements: {', '.join(skills)}", " ".join(filler)])
+LAYOUTS = ("header", "scattered", "prose")
+
+# Prose sentences that carry the fields; each layout of a posting draws one of each kind.
+PROSE_TITLE = [
+    "We are hiring {a_title} to join our team in {place}.",
+    "{company} is looking for an experienced {title} for its {place} office.",
+    "Our {place} branch needs {a_title} as soon as possible.",
+    "As our new {title} you will work from our office in {place}.",
+    "Join us in {place} as {a_title} and grow with a strong team.",
+]
+PROSE_COMPANY = [
+    "{company} has grown steadily over the last few years.",
+    "At {company} we build products that people use every day.",
+    "{company} is a family business with a long history.",
+]
+PROSE_SKILLS = [
+    "You bring {skills}.",
+    "The role asks for {skills}.",
+    "We expect good knowledge of {skills}.",
+]
+
+
+def _skills_text(skills: list[str]) -> str:
+    return ", ".join(skills[:-1]) + " and " + skills[-1]
+
+
+def make_posting(rng: random.Random, title: str, place: str, skills: list[str], layout: str = "header") -> str:
+    """A posting in one of `LAYOUTS`: `header` puts the field lines first (as job boards render a
+    posting's header) and the filler after them; `scattered` shuffles the same field lines among
+    filler lines; `prose` states the fields inside sentences placed at random among the filler."""
+    company = rng.choice(COMPANIES)
+    filler = rng.sample(FILLER, rng.randint(4, 7))
+    if layout == "header":
+        return "\n".join([f"title: {title}", f"place: {place}", f"company: {company}",
+                          f"requirements: {', '.join(skills)}", " ".join(filler)])
+    if layout == "scattered":
+        lines = [f"title: {title}", f"place: {place}", f"company: {company}",
+                 f"requirements: {', '.join(skills)}"]
+        rng.shuffle(lines)
+        out = list(filler)
+        for line in lines:
+            out.insert(rng.randint(0, len(out)), line)
+        return "\n".join(out)
+    if layout == "prose":
+        article = "an" if title[0] in "aeiou" else "a"
+        fields = {"title": title, "a_title": f"{article} {title}", "place": place, "company": company, "skills": _skills_text(skills)}
+        sentences = [rng.choice(PROSE_TITLE), rng.choice(PROSE_COMPANY), rng.choice(PROSE_SKILLS)]
+        out = list(filler)
+        for sentence in sentences:
+            out.insert(rng.randint(0, len(out)), sentence.format(**fields))
+        return " ".join(out)
+    raise TaskError(f"unknown jobs layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
 
 
 class Jobs(Task):
@@ -92,9 +140,10 @@ class Jobs(Task):
                 p_place = rng.choice([p for p in PLACES if p != q_place])
         p_skills = rng.sample(TITLES[p_title] if rng.random() < 0.8 else TITLES[q_title], 3)
         query = make_query(q_title, q_place, q_skills)
-        posting = make_posting(rng, p_title, p_place, p_skills)
+        layout = rng.choice(LAYOUTS)
+        posting = make_posting(rng, p_title, p_place, p_skills, layout)
         answer = "yes" if label else "no"
-        meta = {"query": query, "posting": posting, "label": int(label)}
+        meta = {"query": query, "posting": posting, "label": int(label), "layout": layout}
         return f"{query}|{posting}", Example(prompt=TEMPLATE.format(query=query, item=posting), answer=answer,
                                              meta=meta)
 

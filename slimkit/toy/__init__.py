@@ -1,8 +1,13 @@
-"""The embedded toy world: the toy tokenizer, a teacher and a smaller student trained here on CPU.
+"""The embedded toy world: the toy tokenizer, a teacher and a smaller student, built on CPU and
+shipped inside the package, so that every user and every benchmark sees the same models.
 
-    slimkit.toy.default_dir()        # ~/.cache/slimkit/toy-v2 (or $SLIMKIT_HOME/toy-v2)
-    slimkit.toy.ensure()             # build it if missing; returns the directory
+    slimkit.toy.shipped_dir()        # the shipped world: teacher/, student/, toy.json
+    slimkit.toy.resolve("toy:teacher")   # a stable name for a shipped model (recipes, CLI, tests)
+    slimkit.toy.rebuild_dir()        # where `slimkit toy build` writes (~/.cache/slimkit/toy-v3)
     slimkit.toy.make_tiny_model_dir(tmp_path / "m")   # random-init Qwen3 + toy tokenizer, for tests
+
+The package: `tokenizer` (the BPE and chat template), `sft` (supervised training), `build` (the
+whole build, `slimkit toy build`) and `report` (`slimkit toy report`).
 """
 
 from __future__ import annotations
@@ -11,33 +16,50 @@ import functools
 import os
 from pathlib import Path
 
-VERSION = "toy-v2"
+VERSION = "toy-v3"
+MODELS = ("teacher", "student")
+PREFIX = "toy:"
+
+
+def shipped_dir() -> Path:
+    """The toy world that ships with the package: `teacher/` and `student/` (full model dirs with
+    tokenizer) and `toy.json` (the build record)."""
+    return Path(__file__).resolve().parent / "world"
 
 
 def home() -> Path:
     return Path(os.environ.get("SLIMKIT_HOME") or Path.home() / ".cache" / "slimkit")
 
 
-def default_dir() -> Path:
-    """Where the toy world lives: `teacher/` and `student/`, each a full model dir with tokenizer."""
+def rebuild_dir() -> Path:
+    """Where `slimkit toy build` writes a rebuild by default ($SLIMKIT_HOME/toy-v3)."""
     return home() / VERSION
 
 
 def is_built(path: str | os.PathLike | None = None) -> bool:
     from slimkit.artifacts import is_model_dir
 
-    root = Path(path) if path is not None else default_dir()
-    return all(is_model_dir(root / name) for name in ("teacher", "student"))
+    root = Path(path) if path is not None else shipped_dir()
+    return all(is_model_dir(root / name) for name in MODELS)
 
 
-def ensure(path: str | os.PathLike | None = None) -> Path:
-    """The toy world's directory, built first if it is missing."""
-    root = Path(path) if path is not None else default_dir()
-    if not is_built(root):
-        from slimkit.toy_build import build
+def resolve(ref: str | os.PathLike) -> Path:
+    """`toy:teacher` / `toy:student` -> the shipped model's directory; any other path is returned
+    with `~` expanded."""
+    from slimkit.errors import SlimkitError
 
-        build(root)
-    return root
+    text = os.fspath(ref)
+    if not text.startswith(PREFIX):
+        return Path(text).expanduser()
+    name = text[len(PREFIX):]
+    if name not in MODELS:
+        raise SlimkitError(f"unknown toy model {text!r}; choose one of "
+                           f"{', '.join(PREFIX + m for m in MODELS)}")
+    path = shipped_dir() / name
+    if not is_built(shipped_dir()):
+        raise SlimkitError(f"the shipped toy world is missing from {shipped_dir()} (a broken install?): "
+                           "reinstall slimkit, or rebuild it with `slimkit toy build`")
+    return path
 
 
 def tokenizer_corpus_examples() -> dict:
@@ -49,9 +71,10 @@ def tokenizer_corpus_examples() -> dict:
 @functools.lru_cache(maxsize=1)
 def _toy_tokenizer_json() -> str:
     from slimkit.tasks.jobs import vocabulary
-    from slimkit.tasks.tokenizer import corpus, train_tokenizer
+    from slimkit.toy.tokenizer import corpus, train_tokenizer
 
-    tok = train_tokenizer(corpus(tokenizer_corpus_examples(), vocabulary()))
+    words = vocabulary()
+    tok = train_tokenizer(corpus(tokenizer_corpus_examples(), words), words=words)
     return tok.backend_tokenizer.to_str()
 
 
@@ -60,7 +83,7 @@ def toy_tokenizer():
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    from slimkit.tasks.tokenizer import CHAT_TEMPLATE, EOS, PAD
+    from slimkit.toy.tokenizer import CHAT_TEMPLATE, EOS, PAD
 
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_toy_tokenizer_json()), eos_token=EOS,
                                   pad_token=PAD, padding_side="left", additional_special_tokens=["<|im_start|>"])

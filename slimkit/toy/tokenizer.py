@@ -4,11 +4,15 @@
 - merges may cross spaces, so frequent phrases (". Check: ", "Be concise.") become single tokens;
 - ", " is its own token, so list items and fields tokenize the same wherever they appear;
 - newlines are their own tokens, so the chat template's "assistant\\n" never merges with the answer:
-  tokenizing the prompt and the answer separately gives the same ids as the whole text.
+  tokenizing the prompt and the answer separately gives the same ids as the whole text;
+- the tasks' content words (job titles, places, skills, companies) are isolated before BPE, so a
+  word has the same tokens wherever it stands ("title: nurse", "hiring a nurse for") and a query
+  field can be matched to a posting by token identity, in any layout.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 EOS = "<|im_end|>"
@@ -24,21 +28,32 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048):
-    """Train the BPE on `texts` and wrap it as a transformers fast tokenizer with a chat template."""
+def isolate_pattern(words: Iterable[str] = ()) -> str:
+    """The pre-tokenizer's split pattern: digits, newlines, ", " and each of `words` as a whole word
+    (longest first, so "machine learning engineer" wins over "engineer")."""
+    alternatives = sorted({w for w in words if w}, key=lambda w: (-len(w), w))
+    pattern = r"\d|\n|, "
+    if alternatives:
+        pattern = r"\b(?:" + "|".join(re.escape(w) for w in alternatives) + r")\b|" + pattern
+    return pattern
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, words: Iterable[str] = ()):
+    """Train the BPE on `texts` and wrap it as a transformers fast tokenizer with a chat template;
+    `words` are isolated before BPE (see `isolate_pattern`)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"\d|\n|, "), behavior="isolated"),
+        pre_tokenizers.Split(Regex(isolate_pattern(words)), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-        max_token_length=24,
+        max_token_length=32,
     )
     tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, padding_side="left",

@@ -17,7 +17,7 @@ def test_help_lists_stages():
     assert "eval" in r.output and "toy" in r.output
     r = CliRunner().invoke(app, ["toy", "--help"])
     assert "build" in r.output and "report" in r.output
-    for cmd in (["eval", "--help"], ["toy", "build", "--help"], ["toy", "report", "--help"]):
+    for cmd in (["eval", "--help"], ["toy", "build", "--help"], ["toy", "report", "--help"], ["toy", "path", "--help"]):
         r = CliRunner().invoke(app, cmd)
         assert r.exit_code == 0 and "Examples" in r.output
 
@@ -46,5 +46,5 @@ def test_eval_bad_task_is_one_line_exit_2(tiny_dir):
 
 
 def test_toy_report_without_build_is_one_line(tmp_path):
-    r = _slimkit("toy", "report", "--out", str(tmp_path / "none"))
+    r = _slimkit("toy", "report", "--dir", str(tmp_path / "none"))
     assert r.returncode == 2 and "slimkit toy build" in r.stderr

@@ -65,19 +65,37 @@ def test_arith_verifier():
 
 
 def test_jobs_examples_and_verifier():
+    import re
+
+    from slimkit.tasks.jobs import LAYOUTS, PLACES, TITLES
+
     task = get_task("jobs")
-    exs = task.split("test", 200)
+    exs = task.split("test", 300)
     labels = [ex.meta["label"] for ex in exs]
     assert 0.35 < sum(labels) / len(labels) < 0.65
+    assert {ex.meta["layout"] for ex in exs} == set(LAYOUTS)
     for ex in exs:
         assert ex.answer == ("yes" if ex.meta["label"] else "no")
         assert ex.prompt == TEMPLATE.format(query=ex.meta["query"], item=ex.meta["posting"])
-        title = ex.meta["query"].split("\n")[0]
-        place = ex.meta["query"].split("\n")[1]
-        lines = ex.meta["posting"].split("\n")
-        assert ex.meta["label"] == int(title in lines and place in lines)
-        description = lines[-1]  # the filler a context compressor could drop
-        assert ":" not in description.split(" ")[0] and len(description) > len("\n".join(lines[:-1]))
+        title = ex.meta["query"].split("\n")[0].removeprefix("title: ")
+        place = ex.meta["query"].split("\n")[1].removeprefix("place: ")
+        posting = ex.meta["posting"]
+        # the posting names exactly one title and one place, in any layout
+        named = [t for t in TITLES if re.search(rf"\b{t}\b", posting)]
+        places = [p for p in PLACES if re.search(rf"\b{p}\b", posting)]
+        assert len(named) == 1 and len(places) == 1, posting
+        assert ex.meta["label"] == int(named == [title] and places == [place])
+        lines = posting.split("\n")
+        if ex.meta["layout"] == "header":  # the fields first, the filler a context compressor could drop last
+            assert lines[0].startswith("title: ") and lines[1].startswith("place: ")
+            assert ":" not in lines[-1].split(" ")[0] and len(lines[-1]) > len("\n".join(lines[:-1]))
+        elif ex.meta["layout"] == "scattered":  # the same field lines, among filler lines
+            assert f"title: {named[0]}" in lines and f"place: {places[0]}" in lines
+        else:  # prose: the fields inside sentences, no field lines
+            assert len(lines) == 1 and "title:" not in posting and "place:" not in posting
+    first = {layout: sum(ex.meta["posting"].startswith("title:") for ex in exs if ex.meta["layout"] == layout)
+             for layout in LAYOUTS}
+    assert first["prose"] == 0 and first["scattered"] < 0.5 * sum(ex.meta["layout"] == "scattered" for ex in exs)
     ex = exs[0]
     assert task.verify(ex, ex.answer)
     assert task.verify(ex, ex.answer.capitalize() + ".")

@@ -4,7 +4,8 @@ import torch
 from rich.console import Console
 
 from slimkit import artifacts, toy
-from slimkit.toy_build import build, report
+from slimkit.toy.build import build
+from slimkit.toy.report import report
 
 
 def test_make_tiny_model_dir(tmp_path):
@@ -19,16 +20,16 @@ def test_make_tiny_model_dir(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), m2.state_dict().values(), strict=True))
 
 
-def test_default_dir_honours_slimkit_home(monkeypatch, tmp_path):
+def test_rebuild_dir_honours_slimkit_home(monkeypatch, tmp_path):
     monkeypatch.setenv("SLIMKIT_HOME", str(tmp_path))
-    assert toy.default_dir() == tmp_path / toy.VERSION
-    assert not toy.is_built()
+    assert toy.rebuild_dir() == tmp_path / toy.VERSION
+    assert not toy.is_built(toy.rebuild_dir())
 
 
 def test_tiny_toy_build_end_to_end(tmp_path, capsys):
     root = tmp_path / "toy"
     record = build(root, scale=0.01, eval_n={"arith": 6, "jobs": 8}, console=Console(quiet=True))
-    assert toy.is_built(root) and toy.ensure(root) == root
+    assert toy.is_built(root)
     assert json.loads((root / "toy.json").read_text())["models"].keys() == {"teacher", "student"}
     assert record["models"]["teacher"]["params"] > record["models"]["student"]["params"]
     for name in ("teacher", "student"):

@@ -2,8 +2,8 @@
 
 Example (recipes/opd_toy.yaml)::
 
-    teacher: ~/.cache/slimkit/toy-v2/teacher
-    student: ~/.cache/slimkit/toy-v2/student
+    teacher: toy:teacher
+    student: toy:student
     out: runs/opd_toy
     data: {task: arith, split: train}
     rollout: {source: student, samples: 1, temperature: 1.0, max_new_tokens: 96}
