@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from slimkit.errors import SlimkitError
+from slimkit.serve.cli import serve_cmd
 
 app = typer.Typer(
     name="slimkit",
@@ -159,37 +160,7 @@ def distill_cmd(
     console.print(f"student saved to {result['student']}: {result['metrics']}")
 
 
-@app.command("serve")
-def serve_cmd(
-    model_dir: str = typer.Argument(..., help="model directory (HF format; an ONNX export for onnxruntime)"),
-    engine: str = typer.Option("torch", help="torch | vllm (run inside .venv-vllm) | onnxruntime"),
-    host: str = typer.Option("127.0.0.1", help="address to listen on"),
-    port: int = typer.Option(50051, min=0, max=65535, help="port; 0 picks a free one (see --port-file)"),
-    port_file: str = typer.Option(None, help="write the bound port to this file once serving"),
-    dtype: str = typer.Option(None, help="torch/vllm: float32 (default) | bfloat16 | float16; onnxruntime: the export's"),
-    device: str = typer.Option(None, help="torch engine: cpu (default) | cuda | cuda:N"),
-    max_batch: int = typer.Option(64, min=1, help="items per engine batch"),
-    workers: int = typer.Option(8, min=1, help="gRPC handler threads"),
-    template: str = typer.Option(None, help="user-prompt template with {query} and {item} (default: jobs)"),
-    template_item_first: str = typer.Option(None, help="with --template: its item-first variant"),
-    no_chat: bool = typer.Option(False, "--no-chat", help="do not wrap the template in the chat template"),
-) -> None:
-    """Serve a model over gRPC (slimkit.v1.Scorer: Score, LogProbs, ModelInfo; health; reflection).
-
-    Examples:
-
-        slimkit serve toy:teacher --port 50051
-
-        slimkit serve out/student --dtype bfloat16 --device cuda
-
-        .venv-vllm/bin/python -m slimkit.serve out/student --engine vllm --port 50052
-    """
-    from slimkit.serve.prompt import PromptTemplate
-    from slimkit.serve.server import serve
-
-    tpl = PromptTemplate.from_options(template, template_item_first, chat=not no_chat)
-    serve(model_dir, engine=engine, host=host, port=port, template=tpl, workers=workers,
-          port_file=port_file, dtype=dtype, device=device, max_batch=max_batch)
+app.command("serve")(serve_cmd)
 
 
 @app.command("score")
@@ -247,12 +218,13 @@ def _error(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-def main() -> None:
-    """Run the app; every user error (a SlimkitError, a bad option or argument) is one line on stderr."""
+def main(command: typer.Typer = app) -> None:
+    """Run the app (or `command`, e.g. `python -m slimkit.serve`'s); every user error (a SlimkitError, a
+    bad option or argument) is one line on stderr."""
     from typer._click.exceptions import ClickException, UsageError  # typer vendors click
 
     try:
-        code = app(standalone_mode=False)
+        code = command(standalone_mode=False)
     except SlimkitError as e:
         _error(str(e))
     except UsageError as e:

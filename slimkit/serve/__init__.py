@@ -5,3 +5,6 @@
 
 Heavy modules are imported lazily: `from slimkit.serve.client import ScorerClient` needs only grpc.
 """
+
+# The engines `load_engine` builds, by name (here, so that the CLI lists them without importing one).
+ENGINES = ("torch", "vllm", "onnxruntime")

@@ -17,9 +17,8 @@ from typing import Any
 import numpy as np
 
 from slimkit.errors import SlimkitError
+from slimkit.serve import ENGINES
 from slimkit.serve.prompt import ScoreJob
-
-ENGINES = ("torch", "vllm", "onnxruntime")
 
 
 @dataclass
