@@ -99,7 +99,7 @@ from torch import Tensor
 
 from slimkit.kernels import _checks as chk
 from slimkit.kernels._checks import KernelInputError
-from slimkit.kernels._teacher import LiveTeacher, SparseTeacher, Teacher
+from slimkit.kernels._teacher import LiveTeacher, SparseTeacher, TeacherRows
 
 __all__ = ["KLOutput", "KernelInputError", "LiveTeacher", "LogprobOutput", "SparseTeacher",
            "linear_kl", "linear_logprob", "resolve_backend"]
@@ -240,7 +240,7 @@ def linear_logprob(hidden: Tensor, weight: Tensor, targets: Tensor, *, temperatu
 
 
 def _teacher(teacher: object, lead: tuple[int, ...], idx: Tensor | None, device: torch.device,
-             student_vocab: int, vocab_size: int | None) -> tuple[Teacher, int]:
+             student_vocab: int, vocab_size: int | None) -> tuple[TeacherRows, int]:
     """Normalize the teacher argument: flatten the leading dims, slice the vocabulary, validate (the
     sparse ids and logprobs at the selected rows). Rows are selected by the backend."""
     if isinstance(teacher, tuple) and len(teacher) in (2, 3) and not isinstance(teacher, SparseTeacher):
@@ -256,7 +256,7 @@ def _teacher(teacher: object, lead: tuple[int, ...], idx: Tensor | None, device:
             chk.fail(f"teacher hidden has leading shape {tuple(th.shape[:-1])}, student has {lead}")
         v = _vocab(vocab_size, [student_vocab, tw.shape[0]])
         tb = None if teacher.bias is None else teacher.bias[:v].detach()
-        return Teacher("live", hidden=_flat(th.detach(), lead), weight=tw[:v].detach(), bias=tb), v
+        return TeacherRows("live", hidden=_flat(th.detach(), lead), weight=tw[:v].detach(), bias=tb), v
     if isinstance(teacher, SparseTeacher):
         ids = chk.int_tensor("teacher ids", teacher.ids)
         lp = chk.float_tensor("teacher logprobs", teacher.logprobs)
@@ -272,13 +272,13 @@ def _teacher(teacher: object, lead: tuple[int, ...], idx: Tensor | None, device:
         chk.finite("teacher logprobs", sel_lp, allow_neg_inf=True)
         if bool((sel_lp > 1e-4).any()):
             chk.fail("teacher logprobs must be log-probabilities (<= 0); got positive values")
-        return Teacher("sparse", ids=ids, logprobs=lp), v
+        return TeacherRows("sparse", ids=ids, logprobs=lp), v
     if isinstance(teacher, Tensor):
         lp = chk.float_tensor("teacher logprobs", teacher)
         if tuple(lp.shape[:-1]) != lead:
             chk.fail(f"dense teacher logprobs have shape {tuple(lp.shape)}, expected [{', '.join(map(str, lead))}, V]")
         v = _vocab(vocab_size, [student_vocab, lp.shape[-1]])
-        return Teacher("dense", logprobs=_flat(lp.detach(), lead)[:, :v]), v
+        return TeacherRows("dense", logprobs=_flat(lp.detach(), lead)[:, :v]), v
     chk.fail("teacher must be LiveTeacher(hidden, weight[, bias]), a dense logprob tensor [..., V], or "
              f"SparseTeacher(ids, logprobs); got {type(teacher).__name__}")
     raise AssertionError  # unreachable

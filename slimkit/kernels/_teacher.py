@@ -24,9 +24,9 @@ class SparseTeacher(NamedTuple):
     logprobs: Tensor
 
 
-class Teacher(NamedTuple):
-    """Internal: the prepared teacher (vocab sliced; per-row tensors flattened to [N, ...], aligned with
-    the flattened student hidden). kind: live | dense | sparse."""
+class TeacherRows(NamedTuple):
+    """Internal: any teacher as the backends read it, row by row (vocab sliced; per-row tensors flattened
+    to [N, ...], aligned with the flattened student hidden). kind: live | dense | sparse."""
 
     kind: str
     hidden: Tensor | None = None
@@ -35,7 +35,7 @@ class Teacher(NamedTuple):
     logprobs: Tensor | None = None
     ids: Tensor | None = None
 
-    def take(self, rows: slice | Tensor | None) -> Teacher:
+    def take(self, rows: slice | Tensor | None) -> TeacherRows:
         """The same teacher at `rows` (a slice, an int64 index, or None for all rows)."""
         if rows is None:
             return self
@@ -46,7 +46,7 @@ class Teacher(NamedTuple):
         return self._replace(hidden=cut(self.hidden), logprobs=cut(self.logprobs), ids=cut(self.ids))
 
 
-def select(h: Tensor, teacher: Teacher | None, rows: Tensor | None) -> tuple[Tensor, Teacher | None]:
+def select(h: Tensor, teacher: TeacherRows | None, rows: Tensor | None) -> tuple[Tensor, TeacherRows | None]:
     """The selected rows of the student hidden [N, H] and of the teacher, gathered up front (the
     reference and triton backends; chunked gathers them chunk by chunk instead)."""
     if rows is None:

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from slimkit.kernels import _math
-from slimkit.kernels._teacher import Teacher
+from slimkit.kernels._teacher import TeacherRows
 
 # How many [chunk, V] fp32 temporaries one chunk holds at once: 3 on the live-teacher forward / reverse
 # KL path (the common one); the general path (dense / sparse teacher, JSD, logprob) holds a few more.
@@ -74,7 +74,7 @@ def _logits(h: Tensor, w: Tensor, b: Tensor | None, temperature: float) -> Tenso
     return z
 
 
-def _teacher_logprobs(t: Teacher, temperature: float, dtype: torch.dtype) -> Tensor:
+def _teacher_logprobs(t: TeacherRows, temperature: float, dtype: torch.dtype) -> Tensor:
     if t.kind == "live":
         z = _logits(t.hidden, t.weight, t.bias, temperature)
         return z.sub_(z.logsumexp(-1, keepdim=True))
@@ -186,7 +186,7 @@ def _log_softmax(z: Tensor) -> Tensor:
     return torch.log_softmax(z, -1)
 
 
-def _jsd_live_nograd(hc, w, b, tc: Teacher, beta, temperature):
+def _jsd_live_nograd(hc, w, b, tc: TeacherRows, beta, temperature):
     """JSD(beta) against a live teacher, values only (the scoring pass): at most 4 [chunk, V] blocks
     (the general path holds about 10). Live logits are finite, so no 0 * -inf guards are needed: the
     mixture's log-prob lm is taken in log space (logaddexp) and stays finite where both p and q underflow.
@@ -201,7 +201,7 @@ def _jsd_live_nograd(hc, w, b, tc: Teacher, beta, temperature):
     return loss, -p_s
 
 
-def _kl_chunk_live(hc, w, b, tc: Teacher, kind, temperature, sl, row_grad, grads):
+def _kl_chunk_live(hc, w, b, tc: TeacherRows, kind, temperature, sl, row_grad, grads):
     """Forward / reverse KL against a live teacher: no -inf anywhere, so fewer passes and temporaries
     (at most 3 [chunk, V] blocks)."""
     lq = _log_softmax(_logits(tc.hidden, tc.weight, tc.bias, temperature))
@@ -228,7 +228,7 @@ def _kl_chunk_live(hc, w, b, tc: Teacher, kind, temperature, sl, row_grad, grads
     return loss, ent
 
 
-def _kl_chunk(hc, w, b, tc: Teacher, kind, beta, temperature, sl, row_grad, grads):
+def _kl_chunk(hc, w, b, tc: TeacherRows, kind, beta, temperature, sl, row_grad, grads):
     """One chunk: hc [chunk, H] student hidden rows and tc the teacher at the same rows; per-row loss and
     entropy; with row_grad (d out / d loss_row) also add these rows' gradient contributions to `grads`
     (sl: their rows in the selected-rows dH)."""
@@ -333,7 +333,7 @@ class _KLEagerFn(torch.autograd.Function):
         return *_scatter(grads, ctx.idx, ctx.n_rows), None, None, None, None, None, None, None, None, None
 
 
-def kl(h: Tensor, w: Tensor, b: Tensor | None, teacher: Teacher, kind: str, beta: float,
+def kl(h: Tensor, w: Tensor, b: Tensor | None, teacher: TeacherRows, kind: str, beta: float,
        temperature: float, weights: Tensor | None, rows: Tensor | None = None,
        chunk: int | None = None, weight_grad: Tensor | None = None) -> tuple[Tensor, ...]:
     """h [N, H] and the teacher's per-row tensors [N, ...]; outputs (and `weights`) are for the n

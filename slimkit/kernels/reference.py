@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from slimkit.kernels import _math
-from slimkit.kernels._teacher import Teacher, select
+from slimkit.kernels._teacher import TeacherRows, select
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -35,7 +35,7 @@ def logprob(h: Tensor, w: Tensor, b: Tensor | None, targets: Tensor, temperature
     return s.gather(1, targets[:, None])[:, 0], ent, lse
 
 
-def kl(h: Tensor, w: Tensor, b: Tensor | None, teacher: Teacher, kind: str, beta: float,
+def kl(h: Tensor, w: Tensor, b: Tensor | None, teacher: TeacherRows, kind: str, beta: float,
        temperature: float, weights: Tensor | None, rows: Tensor | None = None) -> tuple[Tensor, ...]:
     h, teacher = select(h, teacher, rows)
     z = _logits(h, w, b, temperature)

@@ -18,7 +18,7 @@ from torch import Tensor
 from slimkit.kernels import _math
 from slimkit.kernels import triton_kernels as tk
 from slimkit.kernels._checks import fail
-from slimkit.kernels._teacher import Teacher, select
+from slimkit.kernels._teacher import TeacherRows, select
 from slimkit.kernels.chunked import chunk_rows
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -46,7 +46,7 @@ def _check(*xs: Tensor | None) -> None:
             fail(f"the triton backend takes float32, float16 or bfloat16 tensors, got {x.dtype}")
 
 
-def _teacher_args(t: Teacher | None, dummy: Tensor) -> dict:
+def _teacher_args(t: TeacherRows | None, dummy: Tensor) -> dict:
     """Pointers and constants describing the teacher for the kernels."""
     if t is None or t.kind == "sparse":
         return dict(th=dummy, tw=dummy, tb=dummy, tlp=dummy, HT=16, VT_STRIDE=0, TEACHER=tk.T_NONE, T_HAS_BIAS=False)
@@ -224,7 +224,7 @@ class _KLFn(torch.autograd.Function):
         return *grads, None, None, None, None
 
 
-def kl(h: Tensor, w: Tensor, b: Tensor | None, teacher: Teacher, kind: str, beta: float,
+def kl(h: Tensor, w: Tensor, b: Tensor | None, teacher: TeacherRows, kind: str, beta: float,
        temperature: float, weights: Tensor | None, rows: Tensor | None = None) -> tuple[Tensor, ...]:
     _check(h, w, b, teacher.hidden, teacher.weight, teacher.bias)
     h, teacher = select(h, teacher, rows)

@@ -155,19 +155,19 @@ def test_topk_teacher_cache_is_reused_and_stale_one_refused(pair, tmp_path):
 
 
 def test_topk_loss_close_to_live_teacher_with_large_k(pair, tmp_path):
-    from slimkit.compress.distill.losses import Teacher, kl, last_hidden, lm_head, targets
+    from slimkit.compress.distill.hidden import last_hidden, supervised
     from slimkit.compress.distill.rollouts import collate
-    from slimkit.compress.distill.topk import topk_rows
+    from slimkit.compress.distill.topk import sparse_topk
+    from slimkit.kernels import LiveTeacher, linear_kl
 
     d = Distiller(load_recipe(None, overrides(pair, tmp_path / "run")))
     batch = collate(d.source.get([0, 1, 2]), d.pad_id)
     with torch.no_grad():
-        th = targets(last_hidden(d.teacher, batch), batch)
-        sh = targets(last_hidden(d.student, batch), batch)
-    wt, ws = lm_head(d.teacher)[0], lm_head(d.student)[0]
-    live = kl(sh, ws, Teacher(hidden=th, weight=wt), kind="forward", beta=0.5, temperature=1.0)[0]
-    ids, lps = topk_rows(th, wt, wt.shape[0] - 1, 1.0)
-    sparse = kl(sh, ws, Teacher(ids=ids, logprobs=lps), kind="forward", beta=0.5, temperature=1.0)[0]
+        th = supervised(last_hidden(d.teacher, batch), batch)
+        sh = supervised(last_hidden(d.student, batch), batch)
+    wt, ws = d.teacher.get_output_embeddings().weight, d.student.get_output_embeddings().weight
+    live = linear_kl(sh, ws, LiveTeacher(th, wt), kind="forward").loss
+    sparse = linear_kl(sh, ws, sparse_topk(LiveTeacher(th, wt), wt.shape[0] - 1, 1.0), kind="forward").loss
     assert float(sparse.detach()) == pytest.approx(float(live.detach()), rel=1e-3)
 
 
@@ -251,7 +251,7 @@ def test_selection_happens_before_the_lm_head_runs_with_gradients(pair, tmp_path
     rec = Distiller(cfg).train_step()
     scored = [c for c in calls if not c[0]]
     trained = [c for c in calls if c[0]]
-    from slimkit.compress.distill.losses import SCORE_BLOCKS
+    from slimkit.compress.distill.select import SCORE_BLOCKS
 
     assert len(trained) == 1 and 1 <= len(scored) <= SCORE_BLOCKS
     # scores: every token (in row blocks), without gradients

@@ -1,7 +1,7 @@
 """Token-importance selection (TIP): which supervised tokens the student is trained on.
 
-Every selector maps per-token scores (student entropy H, teacher-student divergence D, both in nats,
-computed without gradients) to a boolean keep-mask. The trainer passes the kept positions as `rows=`
+`scores` computes per-token scores (student entropy H, teacher-student divergence D, both in nats)
+without gradients; every selector maps them to a boolean keep-mask. The trainer passes the kept positions as `rows=`
 to the loss kernel, so the student's lm_head never runs on the dropped tokens.
 
 Quadrants (thresholds h, d):  Q1 H>=h, D>=d   Q2 H>=h, D<d   Q3 H<h, D>=d ("overconfident")   Q4 H<h, D<d
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from slimkit import kernels
 from slimkit.compress.distill.config import SelectConfig
 
 QUADRANTS = ("Q1", "Q2", "Q3", "Q4")
@@ -24,6 +25,37 @@ class Scores:
     entropy: torch.Tensor  # [N] student entropy, nats
     divergence: torch.Tensor  # [N] teacher-student JSD, nats (<= ln 2)
     vocab_size: int
+
+
+# The scoring pass sees every token, the training pass only the kept ones. The kernels size their
+# [chunk, V] workspace by the number of rows they are given, so scoring in blocks of a quarter of the
+# rows keeps its workspace below the training pass's for any keep ratio >= 1/4: selection's memory
+# saving is not eaten by the scoring that decides it.
+SCORE_BLOCKS = 4
+
+
+def _teacher_part(teacher: kernels.LiveTeacher | kernels.SparseTeacher, part: slice):
+    if isinstance(teacher, kernels.LiveTeacher):
+        return teacher._replace(hidden=teacher.hidden[part])
+    return kernels.SparseTeacher(teacher.ids[part], teacher.logprobs[part])
+
+
+@torch.no_grad()
+def scores(student_hidden: torch.Tensor, student_weight: torch.Tensor,
+           teacher: kernels.LiveTeacher | kernels.SparseTeacher, *, temperature: float, vocab_size: int) -> Scores:
+    """Per-token student entropy and teacher-student JSD (beta 0.5, <= ln 2) of the rows of
+    `student_hidden` [N, H] and `teacher` (aligned), in SCORE_BLOCKS row blocks."""
+    n = student_hidden.shape[0]
+    step = max(1, -(-n // SCORE_BLOCKS))
+    ds, hs = [], []
+    for start in range(0, n, step):
+        part = slice(start, start + step)
+        out = kernels.linear_kl(student_hidden[part].detach(), student_weight.detach(), _teacher_part(teacher, part),
+                                kind="jsd", beta=0.5, temperature=temperature, reduction="none")
+        ds.append(out.kl)
+        hs.append(out.entropy)
+    return Scores(entropy=torch.cat(hs).float(), divergence=torch.cat(ds).float().clamp_min(0),
+                  vocab_size=vocab_size)
 
 
 def _k(ratio: float, n: int) -> int:

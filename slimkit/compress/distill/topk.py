@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from slimkit import kernels
 from slimkit.artifacts import atomic_dir
-from slimkit.compress.distill.losses import last_hidden, lm_head, targets
+from slimkit.compress.distill.hidden import last_hidden, supervised
 from slimkit.compress.distill.rollouts import DatasetSource, Rollout, collate
 from slimkit.errors import SlimkitError
 
@@ -31,11 +32,16 @@ def fingerprint(teacher_hash: str, rollouts: list[Rollout], k: int, temperature:
     return h.hexdigest()[:16]
 
 
+_CHUNK_MB = 64  # the [chunk, V] fp32 temporaries of `sparse_topk`
+_BATCH = 16  # sequences per teacher forward while the cache is built
+
+
 @torch.no_grad()
-def topk_rows(hidden: torch.Tensor, weight: torch.Tensor, k: int, temperature: float,
-              budget_mb: float = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k (ids, log-probs) per row of `hidden` [N, H], in chunks of rows ([chunk, V] <= budget)."""
-    chunk = max(1, int(budget_mb * 2**20 // (4 * weight.shape[0] * 3)))
+def sparse_topk(teacher: kernels.LiveTeacher, k: int, temperature: float) -> kernels.SparseTeacher:
+    """The K most likely ids of a live teacher [N, H] per row and their log-probs at `temperature`,
+    in chunks of rows (no [N, V] tensor)."""
+    hidden, weight = teacher.hidden, teacher.weight
+    chunk = max(1, int(_CHUNK_MB * 2**20 // (4 * weight.shape[0] * 3)))
     ids, lps = [], []
     for i in range(0, hidden.shape[0], chunk):
         z = (hidden[i : i + chunk].float() @ weight.float().T) / temperature
@@ -44,22 +50,22 @@ def topk_rows(hidden: torch.Tensor, weight: torch.Tensor, k: int, temperature: f
         ids.append(j)
         lps.append(v)
     if not ids:
-        return torch.empty(0, k, dtype=torch.long), torch.empty(0, k)
-    return torch.cat(ids), torch.cat(lps)
+        return kernels.SparseTeacher(torch.empty(0, k, dtype=torch.long), torch.empty(0, k))
+    return kernels.SparseTeacher(torch.cat(ids), torch.cat(lps))
 
 
 class TopKCache:
-    def __init__(self, path: Path, meta: dict):
-        self.path, self.meta = path, meta
+    def __init__(self, path: Path):
         self.ids = np.load(path / "ids.npy", mmap_mode="r")
         self.logprobs = np.load(path / "logprobs.npy", mmap_mode="r")
         self.offsets = np.load(path / "offsets.npy")
 
     @classmethod
     def build_or_load(cls, path: Path, teacher, source: DatasetSource, *, k: int, temperature: float,
-                      pad_id: int, teacher_hash: str, batch: int = 16) -> TopKCache:
+                      pad_id: int, teacher_hash: str) -> TopKCache:
         rollouts = source.all()
-        k = min(k, lm_head(teacher)[0].shape[0])
+        weight = teacher.get_output_embeddings().weight
+        k = min(k, weight.shape[0])
         fp = fingerprint(teacher_hash, rollouts, k, temperature)
         meta_file = path / "meta.json"
         if meta_file.is_file():
@@ -68,14 +74,12 @@ class TopKCache:
                 raise SlimkitError(f"top-k teacher cache {path} was made for another teacher, rollouts, K or "
                                    f"temperature (fingerprint {meta.get('fingerprint')} != {fp}); delete it or set "
                                    "loss.topk_cache to a new path")
-            return cls(path, meta)
-        w = lm_head(teacher)[0]
-        device = w.device
+            return cls(path)
         all_ids, all_lps, offsets = [], [], [0]
-        for i in range(0, len(rollouts), batch):
-            part = rollouts[i : i + batch]
-            b = collate(part, pad_id, device)
-            ids, lps = topk_rows(targets(last_hidden(teacher, b), b), w, k, temperature)
+        for i in range(0, len(rollouts), _BATCH):
+            part = rollouts[i : i + _BATCH]
+            b = collate(part, pad_id, weight.device)
+            ids, lps = sparse_topk(kernels.LiveTeacher(supervised(last_hidden(teacher, b), b), weight), k, temperature)
             all_ids.append(ids.to(torch.int32).cpu().numpy())
             all_lps.append(lps.to(torch.float16).cpu().numpy())
             for r in part:
@@ -87,12 +91,13 @@ class TopKCache:
             np.save(tmp / "logprobs.npy", np.concatenate(all_lps))
             np.save(tmp / "offsets.npy", np.asarray(offsets, dtype=np.int64))
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        return cls(path, meta)
+        return cls(path)
 
-    def rows(self, rollouts: list[Rollout], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ids [N, K] long, logprobs [N, K] fp32) for the supervised tokens of `rollouts`, in batch order."""
+    def rows(self, rollouts: list[Rollout], device: torch.device) -> kernels.SparseTeacher:
+        """The teacher (ids [N, K] long, logprobs [N, K] fp32) at the supervised tokens of `rollouts`, in
+        batch order."""
         parts = [slice(self.offsets[r.key], self.offsets[r.key + 1]) for r in rollouts]
         ids = torch.from_numpy(np.concatenate([self.ids[s] for s in parts])).long()
         lps = torch.from_numpy(np.concatenate([self.logprobs[s] for s in parts]).astype(np.float32))
         excess = (lps.logsumexp(-1, keepdim=True) - _MAX_MASS).clamp_min(0)
-        return ids.to(device), (lps - excess).to(device)
+        return kernels.SparseTeacher(ids.to(device), (lps - excess).to(device))

@@ -45,15 +45,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from slimkit import artifacts
+from slimkit import artifacts, kernels
 from slimkit.compress.distill import checkpoint, rundir
 from slimkit.compress.distill.config import DistillConfig
-from slimkit.compress.distill.losses import Body, Teacher, kl, last_hidden, lm_head, scores, targets
+from slimkit.compress.distill.hidden import Body, last_hidden, supervised
 from slimkit.compress.distill.memory import tile_mlps
 from slimkit.compress.distill.metrics import LiveTable, MetricsLog, PeakMemory
-from slimkit.compress.distill.models import DTYPES, load_examples, load_pair
+from slimkit.compress.distill.models import load_examples, load_pair
 from slimkit.compress.distill.rollouts import DatasetSource, StudentSource, TeacherSource, collate
-from slimkit.compress.distill.select import finish_quadrants, keep_mask, quadrant_sums, thresholds
+from slimkit.compress.distill.select import finish_quadrants, keep_mask, quadrant_sums, scores, thresholds
 from slimkit.errors import SlimkitError
 from slimkit.recipe import dump
 
@@ -259,25 +259,25 @@ class Distiller:
     def _seed(self, *parts: int) -> int:
         return (self.cfg.train.seed * 1_000_003 + hash(parts)) % (2**31)
 
-    def _teacher_rows(self, batch, part) -> Teacher:
+    def _teacher_rows(self, batch, part) -> kernels.LiveTeacher | kernels.SparseTeacher:
+        """The teacher at the micro-batch's supervised positions: cached top-k, or live hidden states."""
         if self.topk is not None:
-            ids, lps = self.topk.rows(part, self.env.device)
-            return Teacher(ids=ids, logprobs=lps)
+            return self.topk.rows(part, self.env.device)
         blocks = batch.split(self.cfg.train.teacher_micro_batch or batch.input_ids.shape[0])
         with torch.no_grad():
-            th = torch.cat([targets(last_hidden(self.teacher, b), b) for b in blocks])
-        return Teacher(hidden=th, weight=lm_head(self.teacher)[0])
+            th = torch.cat([supervised(last_hidden(self.teacher, b), b) for b in blocks])
+        return kernels.LiveTeacher(th, self.teacher.get_output_embeddings().weight)
 
     def _micro_step(self, part, micro: int, sums: dict[str, float]) -> None:
         cfg = self.cfg
         batch = collate(part, self.pad_id, self.env.device)
         teacher = self._teacher_rows(batch, part)
-        w = lm_head(self.student)[0]
+        w = self.student.get_output_embeddings().weight
         autocast = (torch.autocast(self.env.device.type, dtype=torch.bfloat16)
                     if cfg.train.dtype == "bfloat16" else contextlib.nullcontext())
         with autocast:
             hidden = self.model(batch.input_ids, batch.attention_mask)
-        h = targets(hidden, batch).to(w.dtype)
+        h = supervised(hidden, batch).to(w.dtype)
         sel = cfg.select
         keep = torch.ones(h.shape[0], dtype=torch.bool, device=h.device)
         if h.shape[0] and (sel.method != "all" or sel.log_quadrants):
@@ -296,9 +296,9 @@ class Distiller:
         else:
             # fused: d loss / d w goes into w.grad in the kernel's forward; the raw sum is backpropagated
             # (gradient 1, as the kernel requires) and scaled by 1 / kept tokens in train_step.
-            loss, _, _ = kl(h, w, teacher, kind=cfg.loss.kind, beta=cfg.loss.beta,
-                            temperature=cfg.loss.temperature, rows=rows, reduction="sum",
-                            weight_grad_into=w.grad if self.fuse_weight_grad else None)
+            loss = kernels.linear_kl(h, w, teacher, kind=cfg.loss.kind, beta=cfg.loss.beta,
+                                     temperature=cfg.loss.temperature, rows=rows, reduction="sum",
+                                     weight_grad_into=w.grad if self.fuse_weight_grad else None).loss
         loss.backward()
         sums["loss_sum"] += float(loss.detach())
         sums["sequences"] += len(part)
@@ -434,4 +434,4 @@ def train(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False) 
     return Distiller(cfg, resume=resume, overwrite=overwrite).run()
 
 
-__all__ = ["DTYPES", "Distiller", "lr_factor", "step_indices", "train"]
+__all__ = ["Distiller", "lr_factor", "step_indices", "train"]
