@@ -1,8 +1,8 @@
 """The onnxruntime engine: an ONNX export with KV-cache inputs (see onnx_export.py), fp32 or int8.
 
 Shared-prefix scoring as in the torch engine: the shared ids run once with an empty past; their
-`present.*` tensors are repeated over each batch of right-padded items, with positions continuing
-from the prefix length and an attention mask over prefix + item. The exported graph returns logits for
+`present.*` tensors are repeated over each batch of items (`slimkit.serve.batching`). The exported
+graph returns logits for
 every input position (optimum's text-generation export has no last-position-only output), so only
 the items' tokens, not the prefix, pay for the LM head; label log-probs are taken at each item's last
 token in float64.
@@ -22,6 +22,7 @@ import numpy as np
 
 from slimkit import artifacts
 from slimkit.errors import SlimkitError
+from slimkit.serve.batching import Batch, batches
 from slimkit.serve.engine import Engine, LogProbsJob, LogProbsResult
 from slimkit.serve.prompt import ScoreJob
 
@@ -80,42 +81,30 @@ class OnnxEngine(Engine):
         logits, *present = self.session.run(None, feed)
         return logits, present
 
-    def _last_logits(self, seqs: list[list[int]], prefix: list[np.ndarray] | None, plen: int) -> np.ndarray:
-        b, width = len(seqs), max(len(s) for s in seqs)
-        ids = np.zeros((b, width), np.int64)
-        mask = np.zeros((b, plen + width), np.int64)
-        mask[:, :plen] = 1
-        for r, s in enumerate(seqs):
-            ids[r, :len(s)] = s
-            mask[r, plen:plen + len(s)] = 1
-        pos = np.broadcast_to(np.arange(plen, plen + width, dtype=np.int64), (b, width)).copy()
+    def _last_logits(self, batch: Batch, prefix: list[np.ndarray] | None) -> np.ndarray:
+        ids = np.array(batch.ids, np.int64)
+        b = ids.shape[0]
+        pos = np.broadcast_to(np.array(batch.positions, np.int64), ids.shape).copy()
         past = None if prefix is None else [np.repeat(p, b, axis=0) for p in prefix]
-        logits, _ = self._run(ids, mask, pos, past)
-        lens = np.array([len(s) for s in seqs])
-        return logits[np.arange(b), lens - 1, :self.vocab_size]
+        logits, _ = self._run(ids, np.array(batch.mask, np.int64), pos, past)
+        return logits[np.arange(b), batch.last, :self.vocab_size]
 
     def score(self, jobs: list[ScoreJob]) -> list[np.ndarray]:
         return [self._score_job(job) for job in jobs]
 
     def _score_job(self, job: ScoreJob) -> np.ndarray:
-        n, plen = len(job.item_ids), len(job.shared_ids)
+        share, plen = self.share_prefix and bool(job.shared_ids), len(job.shared_ids)
         prefix = None
-        if self.share_prefix and plen:
+        if share:
             ids = np.array([job.shared_ids], np.int64)
             _, prefix = self._run(ids, np.ones_like(ids), np.arange(plen, dtype=np.int64)[None], None)
-        order = sorted(range(n), key=lambda i: len(job.item_ids[i]))
-        out = np.empty((n, len(job.label_ids)))
-        for start in range(0, n, self.max_batch):
-            idx = order[start:start + self.max_batch]
-            if prefix is not None:
-                z = self._last_logits([job.item_ids[i] for i in idx], prefix, plen)
-            else:
-                z = self._last_logits([job.shared_ids + job.item_ids[i] for i in idx], None, 0)
-            z = z.astype(np.float64)
+        out = np.empty((len(job.item_ids), len(job.label_ids)))
+        for batch in batches(job, self.max_batch, prefix=share):
+            z = self._last_logits(batch, prefix).astype(np.float64)
             if job.normalization == "labels":
-                out[idx] = _log_softmax(z[:, job.label_ids])
+                out[batch.rows] = _log_softmax(z[:, job.label_ids])
             else:
-                out[idx] = _log_softmax(z)[:, job.label_ids]
+                out[batch.rows] = _log_softmax(z)[:, job.label_ids]
         return out
 
     def logprobs(self, jobs: list[LogProbsJob]) -> list[LogProbsResult]:

@@ -2,12 +2,10 @@
 position only.
 
 Per request, the shared token ids (template prefix + query) are prefilled once; their KV cache is
-expanded (a view, no copy) to each batch of items. Items are right-padded after the prefix, with
-positions continuing from the prefix length and an attention mask over prefix + item, so every real
-token sees exactly what it would see in its own unpadded sequence: a score does not depend on what
-else is in the batch. The model body runs without its LM head; only the final hidden state of each
-item's last token is projected, onto the label rows of the LM head (or through
-`kernels.linear_logprob` for the full-vocabulary log-normalizer).
+expanded (a view, no copy) to each batch of items (`slimkit.serve.batching`). The model body runs
+without its LM head; only the final hidden state of each item's last token is projected, onto the
+label rows of the LM head (or through `kernels.linear_logprob` for the full-vocabulary
+log-normalizer).
 """
 
 from __future__ import annotations
@@ -20,6 +18,7 @@ import torch
 from slimkit import artifacts
 from slimkit.errors import SlimkitError
 from slimkit.kernels import linear_logprob
+from slimkit.serve.batching import Batch, batches
 from slimkit.serve.engine import Engine, LogProbsJob, LogProbsResult
 from slimkit.serve.prompt import ScoreJob
 
@@ -66,18 +65,12 @@ class TorchEngine(Engine):
         return [self._score_job(job) for job in jobs]
 
     def _score_job(self, job: ScoreJob) -> np.ndarray:
-        n = len(job.item_ids)
-        hidden = torch.empty(n, self.head_weight.shape[1], dtype=self.head_weight.dtype, device=self.device)
-        order = sorted(range(n), key=lambda i: len(job.item_ids[i]))      # less padding per batch
-        prefix = self._prefill(job.shared_ids) if self.share_prefix and job.shared_ids else None
-        for start in range(0, n, self.max_batch):
-            idx = order[start:start + self.max_batch]
-            if prefix is not None:
-                seqs = [job.item_ids[i] for i in idx]
-                hidden[idx] = self._last_hidden(seqs, prefix, len(job.shared_ids))
-            else:
-                seqs = [job.shared_ids + job.item_ids[i] for i in idx]
-                hidden[idx] = self._last_hidden(seqs, None, 0)
+        hidden = torch.empty(len(job.item_ids), self.head_weight.shape[1], dtype=self.head_weight.dtype,
+                             device=self.device)
+        share = self.share_prefix and bool(job.shared_ids)
+        prefix = self._prefill(job.shared_ids) if share else None
+        for batch in batches(job, self.max_batch, prefix=share):
+            hidden[batch.rows] = self._last_hidden(batch, prefix)
         return self._label_logprobs(hidden, job.label_ids, job.normalization).cpu().numpy()
 
     def _prefill(self, ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -87,27 +80,21 @@ class TorchEngine(Engine):
         cache = out.past_key_values
         return [(layer.keys, layer.values) for layer in cache.layers]
 
-    def _last_hidden(self, seqs: list[list[int]], prefix, plen: int) -> torch.Tensor:
-        """Final hidden state at each sequence's last token; sequences continue `prefix` (if any)."""
+    def _last_hidden(self, batch: Batch, prefix) -> torch.Tensor:
+        """Final hidden state at each row's last token; the rows continue `prefix` (if any)."""
         from transformers import DynamicCache
 
-        b, width = len(seqs), max(len(s) for s in seqs)
-        ids = torch.zeros(b, width, dtype=torch.long)      # built on the host, moved once
-        mask = torch.zeros(b, plen + width, dtype=torch.long)
-        mask[:, :plen] = 1
-        lens = torch.tensor([len(s) for s in seqs])
-        for r, s in enumerate(seqs):                       # right padding: real tokens never see pads
-            ids[r, :len(s)] = torch.tensor(s)
-            mask[r, plen:plen + len(s)] = 1
-        ids, mask, lens = ids.to(self.device), mask.to(self.device), lens.to(self.device)
-        pos = (plen + torch.arange(width, device=self.device)).expand(b, width)
+        ids = torch.tensor(batch.ids, device=self.device)
+        mask = torch.tensor(batch.mask, device=self.device)
+        b, width = ids.shape
+        pos = torch.tensor(batch.positions, device=self.device).expand(b, width)
         cache = None
         if prefix is not None:
             cache = DynamicCache(ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1))
                                                  for k, v in prefix], config=self.model.config)
         out = self.body(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                         use_cache=cache is not None)
-        return out.last_hidden_state[torch.arange(b, device=self.device), lens - 1]
+        return out.last_hidden_state[torch.arange(b, device=self.device), torch.tensor(batch.last, device=self.device)]
 
     def _label_logprobs(self, hidden: torch.Tensor, label_ids: list[int], normalization: str) -> torch.Tensor:
         """[n, K] label log-probs in fp32: over the label rows only, or over the vocabulary."""

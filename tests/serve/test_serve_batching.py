@@ -1,0 +1,32 @@
+"""The shared-prefix batch plan of the torch and onnxruntime engines, on plain lists."""
+
+from __future__ import annotations
+
+import pytest
+
+from slimkit.serve.batching import batches
+from slimkit.serve.prompt import ScoreJob
+
+JOB = ScoreJob(shared_ids=[7, 8, 9], item_ids=[[1, 2, 3], [4], [5, 6], [1, 1, 1, 1]], label_ids=[0, 1],
+               normalization="labels")
+
+
+def test_with_prefix_rows_continue_the_shared_ids():
+    plan = list(batches(JOB, 2, prefix=True))
+    assert [b.rows for b in plan] == [[1, 2], [0, 3]]            # shortest first: less padding per batch
+    first, second = plan
+    assert first.ids == [[4, 0], [5, 6]] and first.last == [0, 1] and first.positions == [3, 4]
+    assert first.mask == [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]      # prefix + the item's own tokens only
+    assert second.ids == [[1, 2, 3, 0], [1, 1, 1, 1]] and second.last == [2, 3]
+
+
+@pytest.mark.parametrize("max_batch", [1, 3, 64])
+def test_without_prefix_each_row_is_shared_plus_item(max_batch):
+    plan = list(batches(JOB, max_batch, prefix=False))
+    assert sorted(r for b in plan for r in b.rows) == [0, 1, 2, 3] and all(len(b.rows) <= max_batch for b in plan)
+    for b in plan:
+        assert b.positions == list(range(len(b.ids[0])))
+        for row, ids, mask, last in zip(b.rows, b.ids, b.mask, b.last, strict=True):
+            seq = JOB.shared_ids + JOB.item_ids[row]
+            assert ids[:len(seq)] == seq and set(ids[len(seq):]) <= {0}
+            assert mask == [1] * len(seq) + [0] * (len(ids) - len(seq)) and last == len(seq) - 1
