@@ -6,8 +6,8 @@ budget), then evaluates the starting student and every distilled student on the 
     .venv/bin/python benchmarks/distill_accuracy.py                    # all, entropy_top r=0.5, Q3
     .venv/bin/python benchmarks/distill_accuracy.py --steps 100 --configs all,q3
 
-Writes benchmarks/results/distill_accuracy.{json,md} (command, machine, per-run wall time, the
-fraction of tokens trained on, and accuracies).
+Results: table "opd" of benchmarks/results/distill_accuracy.{json,md}: per student, selector and
+extra overrides, the fraction of tokens trained on, accuracies, wall and CPU time.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -23,6 +22,8 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: idle threads sleep on a shared CPU
+
+from _common import RESULTS, model_name, save  # noqa: E402
 
 CONFIGS = {
     "all": ["select.method=all"],
@@ -37,6 +38,12 @@ CONFIGS = {
     "entropy_sample_0.5": ["select.method=entropy_sample", "select.ratio=0.5"],
 }
 
+ABOUT = ("`slimkit distill` with the recipe, one run per selector (CONFIGS in benchmarks/distill_accuracy.py; "
+         "q3: H < 1 nat and JSD >= 0.05 nats), then arith test accuracy (greedy) of the starting and the "
+         "distilled student. settings: recipe overrides of the run beyond the selector's; tokens_trained: the "
+         "fraction of supervised tokens selected; gain_pts / vs_all_pts: accuracy points vs the starting "
+         "student / vs `all` in the same invocation. Wall times of runs that shared the machine are not comparable.")
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,7 +53,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="extra recipe override for every run")
     ap.add_argument("--runs", default="runs/distill_accuracy")
     ap.add_argument("--test-n", type=int, default=600)
-    ap.add_argument("--out", default="benchmarks/results/distill_accuracy")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="results directory (default: the record)")
     ap.add_argument("--q3-divergence-quantile", type=float, default=0.5,
                     help="q3_median: entropy below its median and divergence above this quantile")
     ap.add_argument("--reuse", action="store_true", help="skip runs whose student already exists")
@@ -62,6 +69,8 @@ def main() -> None:
     torch.set_num_threads(2)
     extra = list(args.set) + ([f"train.steps={args.steps}"] if args.steps else [])
     base = load_recipe(args.recipe, extra)
+    student = model_name(base.student)
+    settings = " ".join(x for x in extra if not x.startswith("student="))
     rows = []
     for name in args.configs.split(","):
         out = Path(args.runs) / name
@@ -86,42 +95,27 @@ def main() -> None:
         steps = [r for r in recs if "loss" in r]
         evals = [(r["step"], r["eval_acc"]) for r in recs if "eval_acc" in r]
         train_s = sum(r["step_s"] for r in steps)
-        rows.append({"config": name, "overrides": sets, "wall_s": wall, "cpu_s": cpu_s, "train_s": train_s,
-                     "steps": len(steps), "keep_frac": sum(r["kept"] for r in steps) / sum(r["tokens"] for r in steps),
-                     "val_curve": evals, "peak_mem_mb_max": max(r["peak_mem_mb"] for r in steps)})
+        rows.append({"student": student, "selector": name, "settings": settings,
+                     "tokens_trained": sum(r["kept"] for r in steps) / sum(r["tokens"] for r in steps),
+                     "steps": len(steps), "start_acc": None, "test_acc": None, "gain_pts": None,
+                     "vs_all_pts": None, "wall_s": wall, "cpu_s": cpu_s, "train_s": train_s,
+                     "peak_mem_mb_max": max(r["peak_mem_mb"] for r in steps), "val_curve": evals})
         print(f"  {name}: {wall:.0f}s wall, {train_s:.0f}s in steps, val {evals}", flush=True)
 
     # test-split accuracy of the starting student and of each distilled student
     start, tok = artifacts.load(Path(base.student).expanduser())
-    res_start = evaluate(start, tok, "arith", split="test", n=args.test_n)
+    start_acc = evaluate(start, tok, "arith", split="test", n=args.test_n)["accuracy"]
     for r in rows:
-        model, tok = artifacts.load(Path(args.runs) / r["config"] / "student")
+        model, tok = artifacts.load(Path(args.runs) / r["selector"] / "student")
+        r["start_acc"] = start_acc
         r["test_acc"] = evaluate(model, tok, "arith", split="test", n=args.test_n)["accuracy"]
-        r["gain_points"] = 100 * (r["test_acc"] - res_start["accuracy"])
-    ref = next((r["test_acc"] for r in rows if r["config"] == "all"), None)
+        r["gain_pts"] = 100 * (r["test_acc"] - start_acc)
+    ref = next((r["test_acc"] for r in rows if r["selector"] == "all"), None)
     for r in rows:
-        r["vs_all_points"] = None if ref is None else 100 * (r["test_acc"] - ref)
-
-    meta = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": platform.platform(),
-            "cpus": os.cpu_count(), "loadavg": os.getloadavg(), "recipe": args.recipe, "overrides": extra,
-            "start_test_acc": res_start["accuracy"], "test_n": args.test_n,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
-    md = [f"# Toy-world OPD accuracy vs token selection\n\n`{meta['command']}`  \n{meta['machine']}, "
-          f"{meta['cpus']} CPUs (shared; load {meta['loadavg'][0]:.1f}), {meta['time']}  \n"
-          f"student before distillation: arith test accuracy {res_start['accuracy']:.1%} (n={args.test_n})\n",
-          "| selector | tokens trained | steps | wall s | CPU s | test acc | gain (pts) | vs all (pts) | val curve |",
-          "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        vs = "" if r["vs_all_points"] is None else f"{r['vs_all_points']:+.1f}"
-        curve = ", ".join(f"{s}:{a:.2f}" for s, a in r["val_curve"])
-        cpu = "" if r.get("cpu_s") is None else f"{r['cpu_s']:.0f}"
-        md.append(f"| {r['config']} | {r['keep_frac']:.1%} | {r['steps']} | {r['wall_s']:.0f} | {cpu} | {r['test_acc']:.1%} | "
-                  f"{r['gain_points']:+.1f} | {vs} | {curve} |")
-    out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+        r["vs_all_pts"] = None if ref is None else 100 * (r["test_acc"] - ref)
+    save("distill_accuracy", "opd", rows, key=("student", "selector", "settings"), about=ABOUT,
+         settings={"recipe": args.recipe, "test_n": args.test_n}, out=args.out)
+    print(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

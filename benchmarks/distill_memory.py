@@ -18,7 +18,7 @@ recipe overrides to every config. `--phases` runs one more, instrumented step pe
 the peak of each phase of the step (teacher forward, student body, scoring, the fused KL kernel,
 backward, optimizer) above the step's starting RSS: what the step's peak consists of.
 
-    .venv/bin/python benchmarks/distill_memory.py                      # writes benchmarks/results/distill_memory.{json,md}
+    .venv/bin/python benchmarks/distill_memory.py                      # benchmarks/results/distill_memory.{json,md}
     .venv/bin/python benchmarks/distill_memory.py --layers 2 --seqs 8 --seq-len 512
     .venv/bin/python benchmarks/distill_memory.py --configs "all +ckpt,entropy_top r=0.5 +ckpt" --phases
 """
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import subprocess
 import sys
@@ -37,6 +36,8 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: idle threads sleep on a shared CPU
+
+from _common import RESULTS, save  # noqa: E402
 
 SELECTORS = {
     "all": ["select.method=all"],
@@ -50,6 +51,13 @@ VARIANTS = {
     # the pre-fusion gradient path: dense [V, H] lm_head / embedding gradients, foreach AdamW
     "+unfused": ["train.fuse_weight_grad=false", "train.sparse_embedding_grad=false", "optim.fused=false"],
 }
+
+
+ABOUT = ("Variant tags: " + "; ".join(f"{t} = {' '.join(o)}" for t, o in VARIANTS.items()) + ". peak_mem_mb "
+         "(step peak) = peak RSS over the step minus RSS at its start; process_peak_mb = RSS at the step's start "
+         "(Python, torch, both models, gradients, AdamW state) + step peak; peak_vs_all: against `all` with the "
+         "same tags. Values of the last measured step; first_step_peak_mb of the first.")
+ABOUT_PHASES = "Peak of each phase of one more (instrumented) step, MiB above the RSS at the step's start."
 
 
 def parse_config(name: str) -> tuple[str, list[str], list[str]]:
@@ -179,7 +187,7 @@ def main() -> None:
                     help="kernel backend: chunked (fused, no [N, V] logits) or reference (materializes them)")
     ap.add_argument("--mmap-threshold", type=int, default=65536,
                     help="glibc MALLOC_MMAP_THRESHOLD_ for the workers (0: glibc's dynamic default)")
-    ap.add_argument("--out", default="benchmarks/results/distill_memory")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="results directory (default: the record)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--models", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -219,38 +227,16 @@ def main() -> None:
                      "process_peak_mb": last["mem_start_mb"] + last["peak_mem_mb"],
                      "step_s": last["step_s"], "first_step_peak_mb": recs[0]["peak_mem_mb"],
                      "mem_method": last["mem_method"], "phase_peaks_mb": res["phases"]})
-    meta = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": platform.platform(),
-            "recipe_overrides": args.set,
-            "cpu_threads": args.threads, "kernel_backend": args.backend, "malloc_mmap_threshold": args.mmap_threshold, "shape": {k: getattr(args, k) for k in (
-                "student_hidden", "teacher_hidden", "vocab", "layers", "seqs", "seq_len")},
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
-    md = [f"# Distillation step memory vs token selection\n\n`{meta['command']}`  \n{meta['machine']}, "
-          f"{args.threads} threads, kernel backend {args.backend}, {meta['time']}  \nshape: {meta['shape']}  \n"
-          f"recipe overrides for every config: {args.set or 'none'}; variant tags: "
-          + "; ".join(f"{t} = {' '.join(o)}" for t, o in VARIANTS.items()) + "\n",
-          "step peak = peak RSS over the step minus RSS at its start (the issue's measure); process peak = "
-          "RSS at the step's start (Python, torch, both models, gradients, AdamW state) + step peak.\n",
-          "| config | kept | step peak MiB (last step) | vs all (same tags) | process peak MiB | step s | "
-          "step peak MiB first step |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        vs = f"{r['peak_vs_all']:.2f}x" if r["peak_vs_all"] is not None else ""
-        md.append(f"| {r['config']} | {r['keep_frac']:.2f} | {r['peak_mem_mb']:.0f} | {vs} | {r['process_peak_mb']:.0f} | "
-                  f"{r['step_s']:.1f} | {r['first_step_peak_mb']:.0f} |")
-    phase_rows = [r for r in rows if r["phase_peaks_mb"]]
-    if phase_rows:
-        names = list(dict.fromkeys(k for r in phase_rows for k in r["phase_peaks_mb"]))
-        md += ["", "Peak of each phase of one more (instrumented) step, MiB above the RSS at the step's start:", "",
-               "| config | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-        md += [f"| {r['config']} | " + " | ".join(f"{r['phase_peaks_mb'].get(k, 0):.0f}" for k in names) + " |"
-               for r in phase_rows]
-    notes = out.with_suffix(".notes.md")
-    if notes.exists():  # hand-written notes, kept across reruns
-        md += ["", notes.read_text().strip()]
-    out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    settings = {"shape": {k: getattr(args, k) for k in ("student_hidden", "teacher_hidden", "vocab", "layers", "seqs",
+                                                         "seq_len")},
+                "threads": args.threads, "kernel_backend": args.backend, "malloc_mmap_threshold": args.mmap_threshold,
+                "recipe_overrides": args.set}
+    save("distill_memory", "steps", [{k: v for k, v in r.items() if k != "phase_peaks_mb"} for r in rows],
+         key=("config",), about=ABOUT, settings=settings, out=args.out)
+    phases = [{"config": r["config"], **r["phase_peaks_mb"]} for r in rows if r["phase_peaks_mb"]]
+    if phases:
+        save("distill_memory", "phases", phases, key=("config",), about=ABOUT_PHASES, settings=settings, out=args.out)
+    print(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

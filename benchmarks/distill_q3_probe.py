@@ -8,7 +8,7 @@ held-out training prompts, teacher-forced): mean and median entropy, gold-token 
     .venv/bin/python benchmarks/distill_q3_probe.py
     .venv/bin/python benchmarks/distill_q3_probe.py --student runs/toy-student-l4 --set optim.lr=3e-4
 
-Writes benchmarks/results/distill_q3_probe.{json,md} (or --out).
+Results: table "probe" of benchmarks/results/distill_accuracy.{json,md}.
 """
 
 from __future__ import annotations
@@ -16,19 +16,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from _common import RESULTS, model_name, save  # noqa: E402
 
 SELECTORS = {
     "all": ["select.method=all"],
     "q3": ["select.method=quadrant", "select.quadrants=[Q3]", "select.threshold=absolute",
            "select.entropy_threshold=1.0", "select.divergence_threshold=0.05"],
 }
+
+ABOUT_PROBE = ("The student during OPD, every few steps, on fixed teacher-forced reference completions (the arith "
+               "answers of 256 held-out training prompts): entropy (nats), gold-token NLL, token accuracy "
+               "(argmax = gold) and sequence accuracy (every argmax = gold). tokens_trained: fraction selected "
+               "so far; q1_frac: the share of Q1 tokens in the metrics record of that step.")
 
 
 def main() -> None:
@@ -40,7 +44,7 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=10)
     ap.add_argument("--set", action="append", default=[], help="extra recipe override")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default="benchmarks/results/distill_q3_probe")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="results directory (default: the record)")
     args = ap.parse_args()
 
     import torch
@@ -50,7 +54,7 @@ def main() -> None:
     from slimkit.compress.distill.trainer import Distiller
     from slimkit.tasks import training_text
 
-    rows = {}
+    rows = []
     for name in args.selectors.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             sets = [*SELECTORS[name], *args.set, f"out={tmp}", f"train.threads={args.threads}",
@@ -75,33 +79,22 @@ def main() -> None:
                         "gold_nll": -lp.gather(-1, gold[..., None])[..., 0][m].mean().item(),
                         "token_acc": hit[m].float().mean().item(), "seq_acc": (hit | ~m).all(1).float().mean().item()}
 
-            curve = [{"step": 0, "kept_frac": None, **probe()}]
+            curve = [{"step": 0, "tokens_trained": None, "q1_frac": None, **probe()}]
             kept = tokens = 0
             for step in range(1, args.steps + 1):
                 rec = d.train_step()
                 kept, tokens = kept + rec["kept"], tokens + rec["tokens"]
                 if step % args.every == 0:
-                    curve.append({"step": step, "kept_frac": kept / tokens, "q1_frac": rec.get("q1_frac"), **probe()})
+                    curve.append({"step": step, "tokens_trained": kept / tokens, "q1_frac": rec.get("q1_frac"),
+                                  **probe()})
                     print(name, curve[-1], flush=True)
-            rows[name] = curve
+            student = model_name(args.student or d.cfg.student)
+            rows += [{"student": student, "selector": name, "settings": " ".join(args.set), **r} for r in curve]
             del d
 
-    meta = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": platform.platform(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "overrides": args.set,
-            "student": args.student}
-    out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "curves": rows}, indent=2) + "\n")
-    md = [f"# Student on fixed reference completions during OPD, by selector\n\n`{meta['command']}`  \n"
-          f"{meta['machine']}, {meta['time']}\n",
-          "| selector | step | tokens trained (so far) | entropy mean / median (nats) | gold NLL | token acc | sequence acc |",
-          "|---|---|---|---|---|---|---|"]
-    for name, curve in rows.items():
-        for r in curve:
-            kf = "" if r["kept_frac"] is None else f"{r['kept_frac']:.1%}"
-            md.append(f"| {name} | {r['step']} | {kf} | {r['entropy_mean']:.3f} / {r['entropy_median']:.4f} | "
-                      f"{r['gold_nll']:.3f} | {r['token_acc']:.1%} | {r['seq_acc']:.1%} |")
-    out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    save("distill_accuracy", "probe", rows, key=("student", "selector", "settings"), about=ABOUT_PROBE,
+         settings={"recipe": args.recipe, "steps": args.steps, "threads": args.threads}, out=args.out)
+    print(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ If most first errors are uncertain (Q1), Q3-only distillation cannot reach most 
     .venv/bin/python benchmarks/first_errors.py                                   # the toy student
     .venv/bin/python benchmarks/first_errors.py --students toy:student,runs/toy-student-l4
 
-Writes benchmarks/results/first_errors.{json,md} (or --out).
+Results: table "first errors" of benchmarks/results/distill_accuracy.{json,md}.
 """
 
 from __future__ import annotations
@@ -17,22 +17,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from _common import RESULTS, model_name, save  # noqa: E402
+
 
 def first_errors(student, teacher, tok, n: int, h: float, d: float) -> dict:
-    """Scores and quadrants are the trainer's own (`losses.scores`, `select.quadrant_masks`)."""
+    """Scores and quadrants are the trainer's own (`select.scores`, `select.quadrant_masks`)."""
     import torch
 
-    from slimkit.compress.distill.losses import Teacher, lm_head, scores
-    from slimkit.compress.distill.select import quadrant_masks
+    from slimkit import kernels
+    from slimkit.compress.distill.select import quadrant_masks, scores
     from slimkit.tasks import format_prompt, get_task
     from slimkit.tasks.generate import generate
 
@@ -40,7 +40,7 @@ def first_errors(student, teacher, tok, n: int, h: float, d: float) -> dict:
     exs = task.split("validation", n)
     prompts = [format_prompt(tok, x.prompt) for x in exs]
     outs = generate(student, tok, prompts, max_new_tokens=160, temperature=0.0, batch_size=64)
-    ws, wt = lm_head(student)[0], lm_head(teacher)[0]
+    ws, wt = student.get_output_embeddings().weight, teacher.get_output_embeddings().weight
     quadrants: Counter = Counter()
     top_p = []
     wrong = 0
@@ -59,13 +59,18 @@ def first_errors(student, teacher, tok, n: int, h: float, d: float) -> dict:
                 quadrants["no disagreement"] += 1
                 continue
             k = int(where[0])
-            sc = scores(hs[k : k + 1], ws, Teacher(hidden=ht[k : k + 1], weight=wt), temperature=1.0,
+            sc = scores(hs[k : k + 1], ws, kernels.LiveTeacher(ht[k : k + 1], wt), temperature=1.0,
                         vocab_size=len(tok))
         quadrants.update(q for q, m in quadrant_masks(sc, h, d).items() if bool(m[0]))
         top_p.append(float(probs[k].max()))
     return {"n": n, "wrong": wrong, "quadrants": dict(quadrants),
             "top_prob_median": statistics.median(top_p) if top_p else None,
             "top_prob_ge_0.9": sum(p >= 0.9 for p in top_p)}
+
+ABOUT_FIRST_ERRORS = ("Greedy answers to n arith validation prompts; in each wrong one, the first token where the "
+                      "student's argmax differs from the teacher's, by quadrant (Q1 unsure: H >= h, D >= d; Q3 "
+                      "overconfident: H < h, D >= d; thresholds in the run's settings), and the student's top "
+                      "probability there (median; count >= 0.9).")
 
 
 def main() -> None:
@@ -75,7 +80,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--entropy-threshold", type=float, default=1.0, help="nats")
     ap.add_argument("--divergence-threshold", type=float, default=0.05, help="nats (JSD)")
-    ap.add_argument("--out", default="benchmarks/results/first_errors")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="results directory (default: the record)")
     args = ap.parse_args()
 
     import torch
@@ -92,28 +97,16 @@ def main() -> None:
             sys.exit(f"{path}: tokenizer differs from the teacher's")
         student.eval()
         params = sum(p.numel() for p in student.parameters())
-        shown = str(Path(path).expanduser()).replace(str(Path.home()), "~", 1)
-        rows.append({"student": shown, "params": params,
-                     **first_errors(student, teacher, tok, args.n, args.entropy_threshold, args.divergence_threshold)})
+        res = first_errors(student, teacher, tok, args.n, args.entropy_threshold, args.divergence_threshold)
+        q = res.pop("quadrants")
+        rows.append({"student": model_name(path), "params_m": round(params / 1e6, 2), **res,
+                     **{k: q.get(k, 0) for k in ("Q1", "Q3", "Q2", "Q4", "no disagreement")}})
         print(rows[-1], flush=True)
 
-    meta = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": platform.platform(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "teacher": args.teacher,
-            "entropy_threshold": args.entropy_threshold, "divergence_threshold": args.divergence_threshold}
-    out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
-    md = [f"# Quadrant of the student's first error (arith validation, greedy)\n\n`{meta['command']}`  \n"
-          f"{meta['machine']}, {meta['time']}; thresholds H {args.entropy_threshold} nats, "
-          f"JSD {args.divergence_threshold} nats\n",
-          "| student | params | wrong / n | Q1 (unsure) | Q3 (overconfident) | Q2 | Q4 | no disagreement "
-          "| student top-prob at the error: median, ≥ 0.9 |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        q = r["quadrants"]
-        md.append(f"| {r['student']} | {r['params'] / 1e6:.2f}M | {r['wrong']} / {r['n']} | {q.get('Q1', 0)} | "
-                  f"{q.get('Q3', 0)} | {q.get('Q2', 0)} | {q.get('Q4', 0)} | {q.get('no disagreement', 0)} | "
-                  f"{r['top_prob_median']:.2f}, {r['top_prob_ge_0.9']} |")
-    out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    save("distill_accuracy", "first errors", rows, key=("student",), about=ABOUT_FIRST_ERRORS,
+         settings={"teacher": model_name(args.teacher), "entropy_threshold": args.entropy_threshold,
+                   "divergence_threshold": args.divergence_threshold}, out=args.out)
+    print(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ CPU (default): reference vs chunked, fp32, each shape in a fresh subprocess:
     .venv/bin/python benchmarks/kernels.py --device cpu
 GPU: triton vs reference vs Liger-Kernel (LigerFusedLinearJSD, LigerFusedLinearCrossEntropyLoss), bf16:
     python benchmarks/kernels.py --device cuda          (needs liger-kernel installed)
-Results: benchmarks/results/kernels[-cuda][_acceptance].{json,md} (_acceptance for --grid acceptance)
-with the command and the machine.
+Results: benchmarks/results/kernels.{json,md}, tables "cpu", "cpu ratios" (the headline shape),
+"cpu skipped" and "cuda", "cuda gradient error"; each row with its command, commit and machine.
 
 Ops: "logprob" = linear_logprob, loss = logprob.sum(); "kl" = linear_kl with a live teacher (hidden
 size H, same vocabulary), kind="forward", reduction="sum"; both forward + backward wrt hidden and weight.
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -153,27 +152,16 @@ def worker(spec: dict) -> dict:
 # ------------------------------------------------------------------------------------------ CPU driver
 
 
-def _machine_cpu() -> dict:
-    import torch
-
-    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                  if ln.startswith("model name")), platform.processor())
-    mem = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
-    return {"cpu": model, "cores": os.cpu_count(), "memory_gib": round(mem / GIB, 1),
-            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
-
-
 def cpu_cases(grid: str, reps: int) -> list[dict]:
-    """The acceptance shape first (with rows = 50%, `reps` interleaved runs), then the issue's grid
-    (1 run each), capped by CPU_FLOP_LIMIT, then one shape whose reference does not fit in 6 GiB, for
-    the chunked path alone."""
-    acc = reps
-    cases = [dict(op="kl", n=4096, h=512, v=32000, reps=acc,
+    """The headline shape first (with rows = 50%, `reps` interleaved runs), then the grid (1 run
+    each), capped by CPU_FLOP_LIMIT, then one shape whose reference does not fit in 6 GiB, for the
+    chunked path alone."""
+    cases = [dict(op="kl", n=4096, h=512, v=32000, reps=reps,
                   variants=[("reference", 1.0), ("chunked", 1.0), ("chunked", 0.5), ("reference", 0.5),
                             ("chunked:525", 0.5)]),
-             dict(op="logprob", n=4096, h=512, v=32000, reps=acc,
+             dict(op="logprob", n=4096, h=512, v=32000, reps=reps,
                   variants=[("reference", 1.0), ("chunked", 1.0), ("chunked", 0.5)])]
-    if grid == "acceptance":
+    if grid == "headline":
         return cases
     for v in (32000, 151936):
         for h in (896, 2048, 4096):
@@ -217,11 +205,10 @@ def run_cpu(args) -> dict:
                              for k, r in row["results"].items())
                   + (f" ERROR {row['error']}" if "error" in row else ""), flush=True)
         results.append(row)
-    return {"device": "cpu", "machine": _machine_cpu(), "threads": args.threads, "reps": args.reps,
-            "cases": results, "acceptance": cpu_acceptance(results)}
+    return {"device": "cpu", "cases": results, "ratios": cpu_ratios(results)}
 
 
-def cpu_acceptance(rows: list[dict]) -> dict:
+def cpu_ratios(rows: list[dict]) -> dict:
     kl = next((r for r in rows if r["op"] == "kl" and (r["n"], r["h"], r["v"]) == (4096, 512, 32000)), None)
     if kl is None or "error" in kl or "chunked@1.0" not in kl["results"] or "reference@1.0" not in kl["results"]:
         return {}
@@ -356,7 +343,7 @@ def run_cuda(args) -> dict:
     name = torch.cuda.get_device_name(0)
     peak = _gpu_peak(name, args.peak_tflops)
     shapes = [(n, h, v) for v in (32000, 151936) for h in (896, 2048, 4096) for n in (1024, 4096, 16384)]
-    if args.grid == "acceptance":
+    if args.grid == "headline":
         shapes = [(16384, 4096, 151936)]
     cases = []
     for n, h, v in shapes:
@@ -364,8 +351,8 @@ def run_cuda(args) -> dict:
         print(json.dumps(row), flush=True)
         cases.append(row)
         torch.cuda.empty_cache()
-    return {"device": "cuda", "machine": {"gpu": name, "peak_bf16_tflops": peak, "torch": torch.__version__},
-            "cases": cases, "bf16_grad_error": bf16_grad_error(torch.device("cuda"))}
+    return {"device": "cuda", "peak_bf16_tflops": peak, "cases": cases,
+            "bf16_grad_error": bf16_grad_error(torch.device("cuda"))}
 
 
 def bf16_grad_error(dev, n=1024, h=896, v=32000) -> dict:
@@ -408,64 +395,67 @@ def bf16_grad_error(dev, n=1024, h=896, v=32000) -> dict:
 # ----------------------------------------------------------------------------------------------- report
 
 
-def write(report: dict, out_dir: Path, command: str, grid: str) -> None:
-    report = {"command": command, "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), **report}
-    stem = ("kernels" if report["device"] == "cpu" else "kernels-cuda") + ("_acceptance" if grid == "acceptance" else "")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
-    (out_dir / f"{stem}.md").write_text(markdown(report))
+ABOUT = {
+    "cpu": "fp32, forward + backward. peak_extra = peak RSS during the call - RSS before (gradients "
+           "included); workspace = peak RSS - RSS after (beyond inputs and outputs); see the docstring of "
+           "benchmarks/kernels.py. variant = backend@fraction of rows selected; chunked:525 = chunked with "
+           "SLIMKIT_KERNEL_CHUNK_ROWS=525. On a shared machine wall times are noisy; cpu_s (process CPU "
+           "time, same thread count) is the steadier measure.",
+    "cpu ratios": "linear_kl (live teacher, forward KL) at N=4096, H=512, V=32000; logprob_*: linear_logprob "
+                  "at the same shape. rows50: half of the rows selected.",
+    "cpu skipped": "Shapes of the grid not run on the CPU, and why.",
+    "cuda": "bf16, one row per shape: triton logprob forward (TFLOP/s, fraction of the GPU's peak), and "
+            "forward + backward time and peak extra memory of triton vs Liger-Kernel (cross entropy, JSD).",
+    "cuda gradient error": "Relative max error of the JSD gradients vs the fp64 reference, N=1024, H=896, V=32000.",
+}
 
 
-def markdown(r: dict) -> str:
-    lines = [f"# slimkit.kernels benchmark ({r['device']})", "", f"Command: `{r['command']}`  ",
-             f"Date: {r['date_utc']} UTC  ", "Machine: " + ", ".join(f"{k}={v}" for k, v in r["machine"].items()), ""]
-    if r["device"] == "cpu":
-        lines += [f"fp32, forward + backward, torch threads={r['threads']}, {r['reps']} interleaved reps per "
-                  "shape (time: median). peak extra = peak RSS during the call - RSS before (gradients "
-                  "included); workspace = peak RSS - RSS after (beyond inputs and outputs). See the "
-                  "docstring of benchmarks/kernels.py. The machine is shared with other jobs: wall "
-                  "times are noisy, CPU s (process CPU time, same thread count) is the steadier "
-                  "measure. `chunked:525` = chunked with SLIMKIT_KERNEL_CHUNK_ROWS=525.", ""]
-        if r.get("acceptance"):
-            lines += ["## Acceptance (linear_kl, live teacher, N=4096, H=512, V=32000; logprob_*: linear_logprob)", "",
-                      "| ratio | value |", "|---|---|"]
-            lines += [f"| {k} | {v} |" for k, v in r["acceptance"].items()]
-            lines.append("")
-        lines += ["## All shapes", "", "| op | N | H | V | variant (backend@rows) | wall s | CPU s | "
-                  "peak extra MiB | workspace MiB |", "|---|---|---|---|---|---|---|---|---|"]
-        for c in r["cases"]:
-            for k, v in c["results"].items():
-                lines.append(f"| {c['op']} | {c['n']} | {c['h']} | {c['v']} | {k} | {v['time_s']} | "
-                             f"{v['cpu_s']} | {v['peak_extra_mb']} | {v['workspace_mb']} |")
-            for k, why in c["skipped"].items():
-                lines.append(f"| {c['op']} | {c['n']} | {c['h']} | {c['v']} | {k} | skipped: {why} | | | |")
-            if "error" in c:
-                lines.append(f"| {c['op']} | {c['n']} | {c['h']} | {c['v']} | error | {c['error']} | | | |")
-    else:
-        lines += ["```json", json.dumps(r["cases"], indent=1), "```", "", "bf16 gradient error vs fp64:",
-                  "```json", json.dumps(r["bf16_grad_error"], indent=1), "```"]
-    return "\n".join(lines) + "\n"
+def tables(report: dict) -> dict[str, tuple[list[dict], tuple[str, ...]]]:
+    """The report as the record's tables: name -> (rows, key)."""
+    shape = ("op", "n", "h", "v", "variant")
+    if report["device"] == "cuda":
+        return {"cuda": (report["cases"], ("n", "h", "v")),
+                "cuda gradient error": ([{"variant": k, **e} for k, e in report["bf16_grad_error"].items()],
+                                        ("variant",))}
+    measured, skipped = [], []
+    for c in report["cases"]:
+        where = {k: c[k] for k in ("op", "n", "h", "v")}
+        for k, r in c["results"].items():
+            measured.append({**where, "variant": k, "wall_s": r["time_s"], "cpu_s": r["cpu_s"],
+                             "peak_extra_mib": r["peak_extra_mb"], "workspace_mib": r["workspace_mb"],
+                             "wall_s_reps": r["times_s"], "cpu_s_reps": r["cpu_times_s"]})
+        skipped += [{**where, "variant": k, "reason": why} for k, why in c["skipped"].items()]
+        if "error" in c:
+            measured.append({**where, "variant": "error", "error": c["error"]})
+    ratios = [{"ratio": k, "value": v} for k, v in report["ratios"].items()]
+    return {"cpu": (measured, shape), "cpu ratios": (ratios, ("ratio",)), "cpu skipped": (skipped, shape)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    ap.add_argument("--grid", choices=("acceptance", "full"), default="full",
-                    help="acceptance: only the shapes the issue's acceptance names")
+    ap.add_argument("--grid", choices=("headline", "full"), default="full",
+                    help="headline: only the headline shape (CPU: N=4096, H=512, V=32000; GPU: N=16384, H=4096, "
+                         "V=151936)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--peak-tflops", type=float, default=None, help="GPU dense bf16 peak (default: by name)")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--out", type=Path, default=None, help="results directory (default: the record)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
     sys.path.insert(0, str(ROOT))
-    command = "python benchmarks/kernels.py " + " ".join(sys.argv[1:])
+    from _common import RESULTS, save
+
     report = run_cpu(args) if args.device == "cpu" else run_cuda(args)
-    write(report, args.out, command, args.grid)
-    print(json.dumps(report.get("acceptance", {}), indent=1))
+    settings = ({"threads": args.threads, "dtype": "float32"} if args.device == "cpu"
+                else {"dtype": "bfloat16", "peak_bf16_tflops": report["peak_bf16_tflops"]})
+    for name, (rows, key) in tables(report).items():
+        save("kernels", name, rows, key=key, about=ABOUT[name], settings={**settings, "reps": args.reps},
+             show=name != "cpu skipped", out=args.out or RESULTS)
+    print(json.dumps(report.get("ratios", {}), indent=1))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
-"""Scorer benchmarks. Results go to benchmarks/results/serve[-...].{json,md}.
+"""Scorer benchmarks. Results: benchmarks/results/serve.{json,md}, tables prefix and latency.
 
---workload prefix (CPU acceptance): 1 query (~300 tokens) x 100 items (~50 tokens). Items/s with
+--workload prefix (CPU): 1 query (~300 tokens) x 100 items (~50 tokens). Items/s with
 shared-prefix KV reuse vs scoring each concatenation separately (same engine object, same batch size,
 same process, runs interleaved; median of --repeats). The scores of both paths are compared too.
 
     .venv/bin/python benchmarks/serve.py --workload prefix
     .venv/bin/python benchmarks/serve.py --workload prefix --engine onnxruntime [--int8]   # needs .venv-onnx
 
---workload latency (GPU acceptance; runs on CPU too, with a small model): a real gRPC server in this
+--workload latency (GPU; runs on CPU too, with a small model): a real gRPC server in this
 process, C client threads sending requests back-to-back for --seconds each, per concurrency level:
 items/s and p50/p90/p99 request latency; the best items/s whose p99 <= --p99-ms is the headline.
 Each request: 1 query (~300 tokens) x 10 items (~100 tokens). With --device cuda the model is a
@@ -20,10 +20,7 @@ random-init bf16 Qwen3 of Qwen3-0.6B's shape (weights never leave the GPU; no do
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -33,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import RESULTS, save
 
 from slimkit.serve.prompt import PromptTemplate, make_job
 from slimkit.serve.torch_engine import TorchEngine
 
-RESULTS = Path(__file__).resolve().parent / "results"
 WORDS = ("python sql spark airflow kafka java go postgres docker kubernetes react typescript css figma "
          "statistics pytorch berlin munich hamburg remote hybrid senior junior lead team salary benefits "
          "patient care night shifts medication teamwork office travel english german contract").split()
@@ -57,16 +54,6 @@ def text_of_tokens(tok, n: int, seed: int) -> str:
     return " ".join(words)
 
 
-def machine() -> str:
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()} ({platform.machine()})"
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads{load}"
-
-
 def load_engine(args):
     if args.shape == "qwen3-0.6b":
         from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -84,7 +71,7 @@ def load_engine(args):
     from slimkit import toy
 
     if toy.is_built() and not args.random:
-        path, model = toy.shipped_dir() / "teacher", f"toy teacher ({toy.shipped_dir() / 'teacher'})"
+        path, model = toy.shipped_dir() / "teacher", "toy:teacher"
     else:
         path = Path(tempfile.mkdtemp()) / "model"
         toy.make_tiny_model_dir(path, hidden=128, layers=4, heads=4, kv_heads=2, head_dim=32, intermediate=512)
@@ -188,32 +175,25 @@ def bench_latency(engine: TorchEngine, args) -> dict:
             "best_concurrency": best["concurrency"] if best else None}
 
 
-def write(name: str, record: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
-    r, lines = record["result"], [f"# Scorer benchmark: {record['workload']}", "",
-                                  f"- command: `{record['command']}`", f"- machine: {record['machine']}",
-                                  f"- engine: {record['engine']}, model: {record['model']}",
-                                  f"- date: {record['date']}", ""]
-    if record["workload"] == "prefix":
-        lines += ["| path | items/s |", "|---|---|",
-                  f"| shared prefix (KV cache reused) | {r['shared_prefix_items_per_s']:.1f} |",
-                  f"| each concatenation separately | {r['separate_items_per_s']:.1f} |", "",
-                  f"Speed-up **{r['speedup']:.2f}x** (acceptance: >= 3x). Shared tokens {r['shared_tokens']}, "
-                  f"item tokens {r['item_tokens_mean']:.0f} on average, {r['items']} items, batch {r['max_batch']}; "
-                  f"median of {len(r['wall_seconds']['True'])} interleaved runs by the {r['clock']} clock "
-                  f"(speed-up by wall clock {r['speedup_wall']:.2f}x, by process CPU time "
-                  f"{r['speedup_cpu_time']:.2f}x). Max |score difference| between the two paths: "
-                  f"{r['max_abs_score_diff']:.1e}."]
-    else:
-        lines += ["| concurrency | requests | items/s | p50 ms | p90 ms | p99 ms |", "|---|---|---|---|---|---|"]
-        lines += [f"| {lv['concurrency']} | {lv['requests']} | {lv['items_per_s']:.0f} | {lv['p50_ms']:.0f} | "
-                  f"{lv['p90_ms']:.0f} | {lv['p99_ms']:.0f} |" for lv in r["levels"]]
-        best = r["items_per_s_at_p99_limit"]
-        lines += ["", f"Items/s at P99 <= {r['p99_limit_ms']:.0f} ms: " +
-                  (f"**{best:.0f}** (concurrency {r['best_concurrency']})" if best else "none met the limit") +
-                  ". Engine calls are serialized per request (no cross-request batching yet)."]
-    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+def rows(args, model: str, dtype: str, result: dict) -> list[dict]:
+    """The record's rows: one per engine (prefix) or per concurrency level (latency)."""
+    where = {"model": model, "device": args.device, "dtype": dtype}
+    if args.workload == "prefix":
+        first = ("shared_prefix_items_per_s", "separate_items_per_s", "speedup")
+        return [{"engine": args.engine + (" int8" if args.int8 else ""), **where, **{k: result[k] for k in first},
+                 **result}]
+    return [{**where, **level, "p99_within_limit": level["p99_ms"] <= args.p99_ms} for level in result["levels"]]
+
+
+ABOUT = {
+    "prefix": "1 query (~300 tokens) x 100 items (~50 tokens): items/s with the shared prefix's KV cache reused "
+              "vs each concatenation scored separately (same engine, batch and process, interleaved runs, "
+              "median; speedup by the clock in `clock`, speedup_wall / speedup_cpu_time by each). "
+              "max_abs_score_diff: the two paths' largest score difference.",
+    "latency": "A gRPC server in the benchmark's process, C client threads sending requests back-to-back "
+               "(1 query x 10 items each); items/s and request latency per concurrency level. Engine calls "
+               "are serialized per request (no cross-request batching yet).",
+}
 
 
 def main() -> None:
@@ -243,7 +223,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="prefix: time by wall clock or by this process's CPU time (robust on a shared machine)")
-    ap.add_argument("--out", help="results name (default serve, or serve-latency-DEVICE)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="results directory (default: the record)")
     args = ap.parse_args()
     prefix = args.workload == "prefix"
     args.item_tokens = args.item_tokens or (50 if prefix else 100)
@@ -258,15 +238,12 @@ def main() -> None:
     engine, model = load_engine(args)
     with torch.inference_mode():
         result = bench_prefix(engine, args) if prefix else bench_latency(engine, args)
-    record = {"workload": args.workload, "engine": args.engine, "command": "python benchmarks/serve.py " + " ".join(sys.argv[1:]),
-              "machine": machine(), "model": model, "device": args.device, "dtype": engine.dtype,
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "result": result}
-    name = args.out or ("serve" if prefix and args.device == "cpu" else f"serve-{args.workload}-{args.device}")
-    if args.engine != "torch" and not args.out:
-        name = f"serve-{args.engine}" + ("-int8" if args.int8 else "")
-    write(name, record)
-    print(json.dumps(record["result"], indent=2))
-
+    settings = {k: getattr(args, k) for k in ("threads", "max_batch", "query_tokens", "item_tokens", "items")}
+    settings |= {"repeats": args.repeats} if prefix else {"seconds": args.seconds, "p99_limit_ms": args.p99_ms}
+    key = ("engine", "model", "device") if prefix else ("model", "device")
+    save("serve", args.workload, rows(args, model, engine.dtype, result), key=key, about=ABOUT[args.workload],
+         settings=settings, out=args.out)
+    print(json.dumps(result, indent=2))
 
 if __name__ == "__main__":
     main()

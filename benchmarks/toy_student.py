@@ -6,6 +6,8 @@ trained on can be changed. Used to see how a distillation result depends
 on the student's capacity, e.g. Q3-only token selection (benchmarks/results/distill_q3.md):
 
     .venv/bin/python benchmarks/toy_student.py --layers 4 --intermediate 512 --out runs/toy-student-l4
+
+Results: the model in --out, and its row in table "students" of benchmarks/results/distill_accuracy.{json,md}.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from _common import RESULTS, model_name, save  # noqa: E402
 
 
 def main() -> None:
@@ -31,6 +35,7 @@ def main() -> None:
                     help="stop once validation arith accuracy reaches this (checked every 100 steps); 0: never")
     ap.add_argument("--levels", default="1,2,3", help="arith levels (operator counts) to train on, e.g. 1,2")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--results", type=Path, default=RESULTS, help="results directory (default: the record)")
     args = ap.parse_args()
 
     import torch
@@ -57,8 +62,12 @@ def main() -> None:
     artifacts.save(model, tok, Path(args.out).expanduser(), stage="toy-student-variant",
                    recipe={"shape": shape, "sft": vars(cfg), "weights": toy_build.STUDENT_WEIGHTS,
                            "levels": sorted(levels), "stop": args.stop}, metrics=metrics)
-    print(json.dumps({"out": args.out, "params": params, "shape": shape, "steps": stats["steps"],
-                      "arith_test_accuracy": acc["accuracy"]}))
+    row = {"student": model_name(args.out), "params_m": round(params / 1e6, 2), "shape": shape,
+           "levels": args.levels, "stop": args.stop, "steps": stats["steps"], "arith_test_acc": acc["accuracy"]}
+    save("distill_accuracy", "students", [row], key=("student",), out=args.results,
+         about="Toy students of other shapes or data, built by benchmarks/toy_student.py with the toy build's "
+               "tokenizer, data, seed and schedule; arith test accuracy (greedy).")
+    print(json.dumps(row))
 
 
 if __name__ == "__main__":
