@@ -34,19 +34,15 @@ from slimkit.kernels._teacher import TeacherRows
 _TEMPS = 4
 
 
-# The [chunk, V] block holds _RATIO x as many numbers as the selected hidden states [n, H]. The workspace
-# (3 such fp32 blocks on the live-teacher path, 12 * _RATIO * n * H bytes) then shrinks with `rows`,
-# while the fixed part (dW [V, H] and dH) barely does, and bigger chunks run faster on CPUs. 13 keeps
-# both CPU acceptance targets of issue 3 with margin at N=4096, H=512, V=32000 (fixed part 70.5 MiB,
-# 66.5 at rows = 50%; workspace 24 MiB per unit of _RATIO at all rows): peak extra 70.5 + 24 * 13 =
-# 383 MiB <= 10% of the reference's 4135 (0.093; 14 would give 0.098), and at rows = 50%,
-# 66.5 + 12 * 13 = 223 MiB <= 60% of that (0.58; 12 gives 0.59). The default budget (512 MiB, 1048
-# rows at V=32000) must not cap the all-rows chunk (852 rows), or only the rows = 50% run would grow.
+# See chunk_rows. 13: the largest chunks (bigger ones run faster on CPUs) for which linear_kl's extra
+# memory stays, with some margin, within a tenth of the reference backend's at all rows and within 60%
+# of that at half the rows (benchmarks/kernels.py measures it). The byte budget is a cap for huge
+# vocabularies: at common shapes it must not bind, or the chunk would stop shrinking with `rows`.
 _RATIO = 13
 
 
 def chunk_rows(n: int, hidden: int, vocab: int, budget_mb: float | None = None) -> int:
-    """Rows per chunk for n selected rows: the [chunk, V] block holds about _RATIO (13) x as many numbers
+    """Rows per chunk for n selected rows: the [chunk, V] block holds about _RATIO x as many numbers
     as the selected hidden states [n, H] (so the workspace is O(n * H) like the inputs and shrinks with
     `rows`, as in Liger-Kernel), at least 32 rows (smaller matmuls waste the CPU), and its fp32
     temporaries stay under `budget_mb` MiB (default: env SLIMKIT_KERNEL_CHUNK_MB, else 512). Env
@@ -121,7 +117,7 @@ def _scatter(grads: tuple, idx: Tensor | None, n_rows: int) -> tuple:
     """dH of the selected rows -> dH of all n_rows rows of h: 0 on unselected rows, summed over repeats."""
     dh, dw, db = grads
     if dh is not None and idx is not None:
-        # index_put_(accumulate=True) sums repeats like index_add_, ~10x faster on CPU (no scatter_add_)
+        # index_put_(accumulate=True) sums repeats like index_add_, and is the faster of the two on CPU
         dh = dh.new_zeros(n_rows, dh.shape[1]).index_put_((idx,), dh, accumulate=True)
     return dh, dw, db
 
@@ -180,7 +176,7 @@ def _rowdot(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _log_softmax(z: Tensor) -> Tensor:
-    """log_softmax over the vocabulary: one fused op (one parallel region instead of the ~7 of an
+    """log_softmax over the vocabulary: one fused op (one parallel region instead of the several of an
     in-place version, which matters on a busy CPU), at the price of a second [chunk, V] block while z
     is alive (the callers pass a temporary, freed on return)."""
     return torch.log_softmax(z, -1)

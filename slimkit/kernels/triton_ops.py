@@ -25,9 +25,8 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _blocks(n_vocab: int, teacher: bool = False) -> dict:
-    """Tile sizes. Not autotuned (no GPU was at hand when this was written): a common bf16 matmul
-    configuration, half the rows when a live teacher's tile shares the registers. Env
-    SLIMKIT_TRITON_BLOCKS="BN,BV,BK,num_warps,num_stages" overrides it for tuning."""
+    """Tile sizes. Not autotuned: a common bf16 matmul configuration, half the rows when a live
+    teacher's tile shares the registers. Env SLIMKIT_TRITON_BLOCKS="BN,BV,BK,num_warps,num_stages" overrides it for tuning."""
     if _INTERPRET:  # numpy does the work: few, large programs are fastest
         return {"BN": 32, "BV": 256 if n_vocab >= 4096 else 128, "BK": 32}
     if os.environ.get("SLIMKIT_TRITON_BLOCKS"):

@@ -85,11 +85,11 @@ class SelectConfig(StageConfig):
 
 
 class OptimConfig(StageConfig):
-    """AdamW with warmup + cosine. `fused`: PyTorch's fused AdamW (one kernel per parameter, CPU and
-    CUDA): the same update up to float rounding, faster, and without the foreach path's temporaries
-    the size of all parameters (at vocabulary 151936 those were the largest transient of a step)."""
+    """AdamW with linear warmup and cosine decay."""
 
-    fused: bool = True
+    fused: bool = Field(True, description=(
+        "PyTorch's fused AdamW (one kernel per parameter, CPU and CUDA): the same update up to float "
+        "rounding, faster, and without the foreach path's temporaries the size of all parameters"))
     lr: float = Field(1e-4, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.95)
@@ -99,28 +99,8 @@ class OptimConfig(StageConfig):
 
 
 class TrainConfig(StageConfig):
-    """The loop. Memory options; the first two are exact and free (they change where gradients are
-    written, not their values), the others trade compute for activation memory:
-
-    - fuse_weight_grad: the fused KL kernel adds the student lm_head's weight gradient straight into
-      the weight's persistent `.grad` during its forward (gradient-accumulation fusion), instead of
-      building its own [V, H] gradient that autograd then adds there. The loss is backpropagated with
-      gradient 1 and all gradients are scaled by 1 / kept tokens afterwards, as the kernel requires.
-    - sparse_embedding_grad: the input embedding's backward yields a sparse gradient (the rows of the
-      tokens present), which autograd adds in place into the persistent dense `.grad`, instead of a
-      dense [V, H] temporary. AdamW still sees a dense gradient.
-    Both keep `.grad` allocated across steps (zeroed, not freed; so a parameter without any gradient
-    in a step would get AdamW's zero-gradient update instead of none; every student parameter gets a
-    gradient in every step here, the tied lm_head/embedding whole). Single process only: under DDP they
-    are off (DDP's reducer expects autograd to deliver every gradient, dense unless the module was
-    built sparse), and gradients are built the usual way.
-    - teacher_micro_batch: sequences per teacher forward (no grad; its activations are transient, so
-      smaller blocks lower the step's peak at a small speed cost). None: the whole micro-batch.
-    - gradient_checkpointing: recompute the student body's activations in the backward.
-    - mlp_tiles: run each student MLP over this many blocks of token rows, each checkpointed
-      (TiledMLP, see slimkit/compress/distill/memory.py): same result, the [tokens, intermediate]
-      activations exist for one block at a time. Costs one more MLP forward per step; 1 = off.
-    """
+    """The loop. Its memory options either change only where gradients are written (fuse_weight_grad,
+    sparse_embedding_grad: exact and free) or trade compute for activation memory (the others)."""
 
     steps: int = Field(100, ge=1)
     prompts_per_step: int = Field(16, ge=1, description="global: split across DDP ranks")
@@ -128,11 +108,24 @@ class TrainConfig(StageConfig):
     seed: int = 0
     dtype: Literal["float32", "bfloat16"] = "float32"
     teacher_dtype: Literal["float32", "bfloat16"] | None = None
-    gradient_checkpointing: bool = Field(False, description="recompute the student body's activations in backward")
-    fuse_weight_grad: bool = Field(True, description="lm_head weight gradient straight into its .grad (1 process)")
-    sparse_embedding_grad: bool = Field(True, description="sparse input-embedding gradient into .grad (1 process)")
-    teacher_micro_batch: int | None = Field(None, ge=1, description="sequences per teacher forward (None: micro_batch)")
-    mlp_tiles: int = Field(1, ge=1, description="student MLPs in this many checkpointed token blocks (1: off)")
+    gradient_checkpointing: bool = Field(False, description=(
+        "recompute the student body's activations in the backward instead of keeping them"))
+    fuse_weight_grad: bool = Field(True, description=(
+        "the fused KL kernel adds the student lm_head's weight gradient straight into the weight's "
+        "persistent .grad during its forward (gradient-accumulation fusion) instead of building its own "
+        "[V, H] gradient for autograd to add there; the loss is then backpropagated with gradient 1 and "
+        "all gradients are scaled by 1 / kept tokens afterwards. Single process only (off under DDP)"))
+    sparse_embedding_grad: bool = Field(True, description=(
+        "the input embedding's backward yields a sparse gradient (the rows of the tokens present), "
+        "which autograd adds in place into the persistent dense .grad, instead of a dense [V, H] "
+        "temporary; AdamW still sees a dense gradient. Single process only (off under DDP)"))
+    teacher_micro_batch: int | None = Field(None, ge=1, description=(
+        "sequences per teacher forward (no grad; its activations are transient, so smaller blocks lower "
+        "the step's peak at a small speed cost). None: the whole micro-batch"))
+    mlp_tiles: int = Field(1, ge=1, description=(
+        "run each student MLP over this many checkpointed blocks of token rows (TiledMLP, see "
+        "slimkit/compress/distill/memory.py): the same result, with the [tokens, intermediate] activations "
+        "of one block at a time, for one more MLP forward per step. 1: off"))
     device: str = "auto"
     threads: int | None = Field(None, ge=1)
     checkpoint_every: int = Field(50, ge=0, description="0: only at the end and on SIGTERM")
@@ -169,15 +162,15 @@ class DistillConfig(StageConfig):
             raise ValueError("loss.teacher=topk caches the teacher on fixed sequences: "
                              "use rollout.source teacher or dataset (on-policy needs loss.teacher=live)")
         # An option that the chosen setting does not use is an error, not silently ignored.
-        r, lo = self.rollout, self.loss
-        if r.engine == "vllm" and r.source != "student":
-            raise ValueError(f"rollout.engine=vllm samples the student on-policy; rollout.source={r.source} "
+        rollout, loss = self.rollout, self.loss
+        if rollout.engine == "vllm" and rollout.source != "student":
+            raise ValueError(f"rollout.engine=vllm samples the student on-policy; rollout.source={rollout.source} "
                              "does not sample with it (drop rollout.engine, or use rollout.source=student)")
-        if r.refresh_every != 1 and r.engine != "vllm":
+        if rollout.refresh_every != 1 and rollout.engine != "vllm":
             raise ValueError("rollout.refresh_every applies to rollout.engine=vllm only")
-        if r.cache is not None and r.source != "teacher":
-            raise ValueError(f"rollout.cache holds teacher rollouts; rollout.source={r.source} does not use it")
-        if lo.teacher != "topk" and (lo.topk != LossConfig.model_fields["topk"].default or lo.topk_cache):
+        if rollout.cache is not None and rollout.source != "teacher":
+            raise ValueError(f"rollout.cache holds teacher rollouts; rollout.source={rollout.source} does not use it")
+        if loss.teacher != "topk" and (loss.topk != LossConfig.model_fields["topk"].default or loss.topk_cache):
             raise ValueError("loss.topk / loss.topk_cache apply to loss.teacher=topk only")
         return self
 

@@ -1,27 +1,16 @@
 """The distillation loop: plain PyTorch, one optimizer step per `train_step`.
 
-Each step: take the step's prompts (a deterministic function of seed and step, so a resumed run sees
-the same data), get rollouts (student samples, cached teacher samples or dataset completions), and for
-each micro-batch of sequences:
+Each step takes the step's prompts (a deterministic function of seed and step, so a resumed run sees
+the same data), gets their rollouts (student samples, cached teacher samples or dataset completions)
+and runs `_micro_step` on each micro-batch of sequences; then clipping, AdamW and the warmup + cosine
+schedule.
 
-1. teacher body -> hidden states at the supervised positions (no grad), or cached top-k rows;
-2. student body -> hidden states (with grad);
-3. token scores (student entropy H, teacher-student JSD D) without grad, chunked in the kernels;
-4. token selection (TIP) -> `rows`; the student's lm_head then runs with gradients on those rows only;
-5. summed loss over the kept tokens, backward.
-
-Gradients are then divided by the number of kept tokens of the whole optimizer step (summed over
+Gradients are divided by the number of kept tokens of the whole optimizer step (summed over
 micro-batches and DDP ranks), so gradient accumulation and data parallelism give the same update as
 one big batch for the same kept tokens. Selection itself runs per micro-batch and per rank: the kept
 tokens are the big batch's for `select.method: all` and per-token rules (`quadrant` with absolute
 thresholds); `entropy_top`, `entropy_sample` and quantile thresholds rank each micro-batch's tokens,
-so their update depends on `train.micro_batch` and the world size. Then clipping, AdamW, and the warmup + cosine schedule. A step that kept no token
-(possible with quadrant thresholds) leaves the weights alone instead of an AdamW step on zero gradients.
-
-Memory (single process, `train.fuse_weight_grad` / `train.sparse_embedding_grad`, on by default): the
-gradients stay allocated across steps; the kernel accumulates the lm_head weight's gradient straight
-into its `.grad`, and the input embedding's sparse gradient is added there in place, so no [V, H]
-gradient temporary exists during a step. Under DDP both are off.
+so their update depends on `train.micro_batch` and the world size.
 """
 
 from __future__ import annotations
@@ -188,15 +177,18 @@ class Distiller:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.model = DDP(self.model, device_ids=[self.env.device] if self.env.device.type == "cuda" else None)
-        o = cfg.optim
+        optim = cfg.optim
         self.params = [p for p in self.student.parameters() if p.requires_grad]
-        if self.persistent_grads:  # dense before the first backward: a sparse gradient is then added into it
+        # Persistent gradients are zeroed between steps, not freed, and dense before the first backward (a
+        # sparse gradient is then added into them). A parameter without a gradient in some step would get
+        # AdamW's zero-gradient update instead of none; every student parameter gets one in every step.
+        if self.persistent_grads:
             for p in self.params:
                 p.grad = torch.zeros_like(p)
-        self.opt = torch.optim.AdamW(self.params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay,
-                                     fused=o.fused or None)
+        self.opt = torch.optim.AdamW(self.params, lr=optim.lr, betas=optim.betas,
+                                     weight_decay=optim.weight_decay, fused=optim.fused or None)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, functools.partial(
-            lr_factor, warmup=o.warmup_steps, total=cfg.train.steps, min_ratio=o.min_lr_ratio))
+            lr_factor, warmup=optim.warmup_steps, total=cfg.train.steps, min_ratio=optim.min_lr_ratio))
         self.step = 0
         if resume_state is not None:
             self._load(checkpoint.latest(self.ckpt_dir), resume_state)
@@ -206,20 +198,20 @@ class Distiller:
 
     # ---------------------------------------------------------------- setup helpers
     def _make_source(self):
-        r = self.cfg.rollout
-        if r.source == "student":
-            if r.engine == "vllm":
+        rollout = self.cfg.rollout
+        if rollout.source == "student":
+            if rollout.engine == "vllm":
                 from slimkit.compress.distill.rollouts import VllmStudentSource
 
-                return VllmStudentSource(self.tok, self.prompts, r, self.student_dir, seed=self.cfg.train.seed)
-            return StudentSource(self.tok, self.prompts, r)
-        if r.source == "dataset":
+                return VllmStudentSource(self.tok, self.prompts, rollout, self.student_dir, seed=self.cfg.train.seed)
+            return StudentSource(self.tok, self.prompts, rollout)
+        if rollout.source == "dataset":
             from slimkit.tasks import training_text
 
             answers = [training_text(self.tok, ex)[1] for ex in self.examples]
             return DatasetSource(self.tok, self.prompts, answers)
-        cache = Path(r.cache).expanduser() if r.cache else self.out / "teacher_rollouts.jsonl"
-        make = functools.partial(TeacherSource, self.teacher, self.tok, self.prompts, r, cache,
+        cache = Path(rollout.cache).expanduser() if rollout.cache else self.out / "teacher_rollouts.jsonl"
+        make = functools.partial(TeacherSource, self.teacher, self.tok, self.prompts, rollout, cache,
                                  teacher_hash=artifacts.dir_hash(self.teacher_dir), seed=self.cfg.train.seed)
         return self.env.rank0_first(make)
 
@@ -228,10 +220,10 @@ class Distiller:
             return None
         from slimkit.compress.distill.topk import TopKCache
 
-        lc = self.cfg.loss
-        path = Path(lc.topk_cache).expanduser() if lc.topk_cache else self.out / "teacher_topk"
-        make = functools.partial(TopKCache.build_or_load, path, self.teacher, self.source, k=lc.topk,
-                                 temperature=lc.temperature, pad_id=self.pad_id,
+        loss = self.cfg.loss
+        path = Path(loss.topk_cache).expanduser() if loss.topk_cache else self.out / "teacher_topk"
+        make = functools.partial(TopKCache.build_or_load, path, self.teacher, self.source, k=loss.topk,
+                                 temperature=loss.temperature, pad_id=self.pad_id,
                                  teacher_hash=artifacts.dir_hash(self.teacher_dir))
         return self.env.rank0_first(make)
 
@@ -271,31 +263,34 @@ class Distiller:
     def _micro_step(self, part, micro: int, sums: dict[str, float]) -> None:
         cfg = self.cfg
         batch = collate(part, self.pad_id, self.env.device)
+        # teacher: hidden states at the supervised positions (no grad), or its cached top-k rows
         teacher = self._teacher_rows(batch, part)
+        # student body -> hidden states at the supervised positions (with grad)
         w = self.student.get_output_embeddings().weight
         autocast = (torch.autocast(self.env.device.type, dtype=torch.bfloat16)
                     if cfg.train.dtype == "bfloat16" else contextlib.nullcontext())
         with autocast:
             hidden = self.model(batch.input_ids, batch.attention_mask)
         h = supervised(hidden, batch).to(w.dtype)
-        sel = cfg.select
+        # token scores (no grad) and selection (TIP): the lm_head then runs with gradients on the kept rows
         keep = torch.ones(h.shape[0], dtype=torch.bool, device=h.device)
-        if h.shape[0] and (sel.method != "all" or sel.log_quadrants):
+        if h.shape[0] and (cfg.select.method != "all" or cfg.select.log_quadrants):
             sc = scores(h, w, teacher, temperature=cfg.loss.temperature, vocab_size=len(self.tok))
             gen = torch.Generator().manual_seed(self._seed(self.step, self.env.rank, micro))
-            keep = keep_mask(sel, sc, gen)
-            th = thresholds(sel, sc) if sel.method == "quadrant" else (None, None)
+            keep = keep_mask(cfg.select, sc, gen)
+            th = thresholds(cfg.select, sc) if cfg.select.method == "quadrant" else (None, None)
             for k, v in quadrant_sums(sc, keep, *th).items():
                 sums[k] += v
         else:
             sums["tokens"] += h.shape[0]
             sums["kept"] += h.shape[0]
         rows = None if bool(keep.all()) else keep.nonzero().squeeze(1)
+        # summed loss over the kept tokens, backward (train_step scales the gradients by 1 / kept tokens)
         if rows is not None and rows.numel() == 0 or h.shape[0] == 0:
             loss = (h.sum() + w.sum()) * 0.0  # nothing kept: an empty backward keeps DDP ranks in step
         else:
-            # fused: d loss / d w goes into w.grad in the kernel's forward; the raw sum is backpropagated
-            # (gradient 1, as the kernel requires) and scaled by 1 / kept tokens in train_step.
+            # fused: d loss / d w goes into w.grad in the kernel's forward, so the raw sum is
+            # backpropagated with gradient 1, as the kernel requires
             loss = kernels.linear_kl(h, w, teacher, kind=cfg.loss.kind, beta=cfg.loss.beta,
                                      temperature=cfg.loss.temperature, rows=rows, reduction="sum",
                                      weight_grad_into=w.grad if self.fuse_weight_grad else None).loss
@@ -361,11 +356,10 @@ class Distiller:
         from slimkit.tasks import format_prompt
         from slimkit.tasks.generate import generate
 
-        e = self.cfg.eval
-        exs = self.task.split(e.split, e.n)[self.env.rank :: self.env.world]
+        exs = self.task.split(self.cfg.eval.split, self.cfg.eval.n)[self.env.rank :: self.env.world]
         self.student.eval()
         outs = generate(self.student, self.tok, [format_prompt(self.tok, x.prompt) for x in exs],
-                        max_new_tokens=e.max_new_tokens or self.cfg.rollout.max_new_tokens, temperature=0.0,
+                        max_new_tokens=self.cfg.eval.max_new_tokens or self.cfg.rollout.max_new_tokens, temperature=0.0,
                         batch_size=self.cfg.rollout.batch_size)
         self.student.train()
         correct = sum(bool(self.task.verify(x, o[0].text)) for x, o in zip(exs, outs, strict=True))
