@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from slimkit.errors import RequestError, SlimkitError
+from slimkit.errors import SlimkitError
 from slimkit.tasks import format_prompt
 from slimkit.tasks.jobs import TEMPLATE as JOBS_TEMPLATE
 
@@ -80,7 +80,7 @@ class PromptTemplate:
             text = self.text
             if item_first:
                 if self.item_first_text is None:
-                    raise RequestError("item_first is not available: this server has no item-first template")
+                    raise SlimkitError("this prompt template has no item-first variant")
                 text = self.item_first_text
             r = _render(tokenizer, text, chat=self.chat and bool(getattr(tokenizer, "chat_template", None)))
             if r.query_first == item_first:
@@ -99,58 +99,20 @@ class ScoreJob:
     normalization: str                  # "labels" | "vocab" | "logit_diff"
 
 
-NORMALIZATIONS = ("labels", "vocab", "logit_diff")
-
-
 def encode(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False) if text else []
 
 
-def label_token_ids(tokenizer, labels: list[str] | None, token_ids: list[int] | None, vocab_size: int
-                    ) -> list[int]:
-    """Resolve labels (strings that must each be one token, or token ids) to token ids."""
-    if labels and token_ids:
-        raise RequestError("give labels either as strings or as token ids, not both")
-    if token_ids:
-        for t in token_ids:
-            if not 0 <= t < vocab_size:
-                raise RequestError(f"label token id {t} is outside the vocabulary [0, {vocab_size})")
-        ids = list(token_ids)
-    else:
-        ids = []
-        for label in labels or DEFAULT_LABELS:
-            if not label:
-                raise RequestError("empty label")
-            toks = encode(tokenizer, label)
-            if len(toks) != 1:
-                pieces = [tokenizer.decode([t]) for t in toks]
-                raise RequestError(f"label {label!r} is not a single token: it encodes to {len(toks)} tokens "
-                                   f"{pieces}; pick a single-token label or pass label_token_ids")
-            if toks[0] == tokenizer.unk_token_id and tokenizer.unk_token_id is not None:
-                raise RequestError(f"label {label!r} is not in the vocabulary (encodes to the unknown token)")
-            ids.append(toks[0])
-    if len(set(ids)) != len(ids):
-        raise RequestError(f"labels must be distinct tokens, got ids {ids}")
-    return ids
-
-
-def make_job(tokenizer, template: PromptTemplate, query: str, items: list[str], *,
-             labels: list[str] | None = None, label_ids: list[int] | None = None,
-             normalization: str = "labels", item_first: bool = False, vocab_size: int) -> ScoreJob:
-    """Validate a Score request and tokenize it per the contract above."""
-    if not items:
-        raise RequestError("items is empty: send at least one item to score")
-    for i, item in enumerate(items):
-        if not item:
-            raise RequestError(f"item {i} is empty")
-    if normalization not in NORMALIZATIONS:
-        raise RequestError(f"unknown normalization {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}")
-    ids = label_token_ids(tokenizer, labels, label_ids, vocab_size)
-    if normalization == "logit_diff" and len(ids) != 2:
-        raise RequestError(f"logit_diff needs exactly two labels, got {len(ids)}")
-    if normalization == "labels" and len(ids) < 2:
-        raise RequestError("labels normalization needs at least two labels (one label always has probability 1)")
+def tokenize(tokenizer, template: PromptTemplate, query: str, items: list[str], *, item_first: bool = False
+             ) -> tuple[list[int], list[list[int]]]:
+    """(shared ids, each item's ids) of a query and its items, per the contract above."""
     shared_text, _ = template.split(tokenizer, query, items[0], item_first=item_first)
-    shared = encode(tokenizer, shared_text)
     item_ids = [encode(tokenizer, template.split(tokenizer, query, it, item_first=item_first)[1]) for it in items]
-    return ScoreJob(shared, item_ids, ids, normalization)
+    return encode(tokenizer, shared_text), item_ids
+
+
+def make_job(*args, **kwargs) -> ScoreJob:
+    """`slimkit.serve.requests.make_job`, kept here for benchmarks/serve.py until it imports it from there."""
+    from slimkit.serve.requests import make_job
+
+    return make_job(*args, **kwargs)

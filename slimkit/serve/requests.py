@@ -12,14 +12,69 @@ from __future__ import annotations
 import logging
 
 from slimkit.errors import PreconditionError, RequestError
+from slimkit.serve._proto import scorer_pb2 as pb
 from slimkit.serve.engine import Engine, LogProbsJob
-from slimkit.serve.prompt import DEFAULT_LABELS, PromptTemplate, ScoreJob, encode, label_token_ids, make_job
+from slimkit.serve.prompt import DEFAULT_LABELS, PromptTemplate, ScoreJob, encode, tokenize
 
 log = logging.getLogger("slimkit.serve")
+NORMALIZATIONS = ("labels", "vocab", "logit_diff")
+_WIRE_NORMALIZATIONS = {pb.NORMALIZATION_UNSPECIFIED: "labels", pb.LABELS: "labels", pb.VOCAB: "vocab",
+                        pb.LOGIT_DIFF: "logit_diff"}
+
+
+def resolve_labels(tokenizer, labels: list[str] | None, token_ids: list[int] | None, vocab_size: int
+                   ) -> list[int]:
+    """The label token ids of a request: its labels (strings that must each be one token), its token
+    ids, or the default labels."""
+    if labels and token_ids:
+        raise RequestError("give labels either as strings or as token ids, not both")
+    if token_ids:
+        for t in token_ids:
+            if not 0 <= t < vocab_size:
+                raise RequestError(f"label token id {t} is outside the vocabulary [0, {vocab_size})")
+        ids = list(token_ids)
+    else:
+        ids = []
+        for label in labels or DEFAULT_LABELS:
+            if not label:
+                raise RequestError("empty label")
+            toks = encode(tokenizer, label)
+            if len(toks) != 1:
+                pieces = [tokenizer.decode([t]) for t in toks]
+                raise RequestError(f"label {label!r} is not a single token: it encodes to {len(toks)} tokens "
+                                   f"{pieces}; pick a single-token label or pass label_token_ids")
+            if toks[0] == tokenizer.unk_token_id and tokenizer.unk_token_id is not None:
+                raise RequestError(f"label {label!r} is not in the vocabulary (encodes to the unknown token)")
+            ids.append(toks[0])
+    if len(set(ids)) != len(ids):
+        raise RequestError(f"labels must be distinct tokens, got ids {ids}")
+    return ids
+
+
+def make_job(tokenizer, template: PromptTemplate, query: str, items: list[str], *,
+             labels: list[str] | None = None, label_ids: list[int] | None = None,
+             normalization: str = "labels", item_first: bool = False, vocab_size: int) -> ScoreJob:
+    """Check a Score request and tokenize it (`slimkit.serve.prompt`)."""
+    if not items:
+        raise RequestError("items is empty: send at least one item to score")
+    for i, item in enumerate(items):
+        if not item:
+            raise RequestError(f"item {i} is empty")
+    if normalization not in NORMALIZATIONS:
+        raise RequestError(f"unknown normalization {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}")
+    if item_first and template.item_first_text is None:
+        raise RequestError("item_first is not available: this server has no item-first template")
+    ids = resolve_labels(tokenizer, labels, label_ids, vocab_size)
+    if normalization == "logit_diff" and len(ids) != 2:
+        raise RequestError(f"logit_diff needs exactly two labels, got {len(ids)}")
+    if normalization == "labels" and len(ids) < 2:
+        raise RequestError("labels normalization needs at least two labels (one label always has probability 1)")
+    shared, item_ids = tokenize(tokenizer, template, query, items, item_first=item_first)
+    return ScoreJob(shared, item_ids, ids, normalization)
 
 
 class Requests:
-    """Builds checked jobs for one engine and prompt template."""
+    """Turns the requests of one engine and prompt template into checked jobs."""
 
     def __init__(self, engine: Engine, template: PromptTemplate | None = None) -> None:
         self.engine = engine
@@ -31,19 +86,22 @@ class Requests:
         self.default_label_ids: list[int] = []
         self.default_labels_problem: str | None = None
         try:
-            self.default_label_ids = label_token_ids(self.tok, None, None, engine.vocab_size)
+            self.default_label_ids = resolve_labels(self.tok, None, None, engine.vocab_size)
         except RequestError as e:
             self.default_labels_problem = str(e)
             log.warning("the default labels %s cannot be scored with this tokenizer (%s): Score requests must "
                         "name their labels", list(DEFAULT_LABELS), e)
 
-    def score(self, query: str, items: list[str], *, labels: list[str], label_ids: list[int],
-              normalization: str, item_first: bool) -> ScoreJob:
+    def score(self, request: pb.ScoreRequest) -> ScoreJob:
+        if request.normalization not in _WIRE_NORMALIZATIONS:
+            raise RequestError(f"unknown normalization value {request.normalization}")
+        labels, label_ids = list(request.labels), list(request.label_token_ids)
         if not labels and not label_ids and self.default_labels_problem is not None:
             raise PreconditionError(f"this server cannot score the default labels: {self.default_labels_problem}; "
                                     "send labels or label_token_ids")
-        job = make_job(self.tok, self.template, query, items, labels=labels, label_ids=label_ids,
-                       normalization=normalization, item_first=item_first, vocab_size=self.engine.vocab_size)
+        job = make_job(self.tok, self.template, request.query, list(request.items), labels=labels,
+                       label_ids=label_ids, normalization=_WIRE_NORMALIZATIONS[request.normalization],
+                       item_first=request.item_first, vocab_size=self.engine.vocab_size)
         limit = self.engine.max_len
         if limit is not None:
             for i, item in enumerate(job.item_ids):
@@ -52,12 +110,13 @@ class Requests:
                                        f"tokens > the model's {limit}")
         return job
 
-    def logprobs(self, prompt: str, continuation: str, top_k: int) -> LogProbsJob:
+    def logprobs(self, request: pb.LogProbsRequest) -> LogProbsJob:
+        top_k = request.top_k
         if top_k < 0:
             raise RequestError(f"top_k must be >= 0, got {top_k}")
         if self.engine.max_top_k is not None and top_k > self.engine.max_top_k:
             raise RequestError(f"top_k {top_k} is above this engine's limit of {self.engine.max_top_k}")
-        job = LogProbsJob(encode(self.tok, prompt), encode(self.tok, continuation), top_k)
+        job = LogProbsJob(encode(self.tok, request.prompt), encode(self.tok, request.continuation), top_k)
         if not job.continuation_ids:
             raise RequestError("continuation is empty: nothing to score")
         if not job.prompt_ids:

@@ -36,8 +36,6 @@ from slimkit.serve.requests import Requests
 
 log = logging.getLogger("slimkit.serve")
 SERVICE = "slimkit.v1.Scorer"
-NORMS = {pb.NORMALIZATION_UNSPECIFIED: "labels", pb.LABELS: "labels", pb.VOCAB: "vocab",
-         pb.LOGIT_DIFF: "logit_diff"}
 MAX_MESSAGE = 64 << 20
 
 
@@ -69,17 +67,12 @@ class ScorerService(pb_grpc.ScorerServicer):
 
     @_answer
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
-        if request.normalization not in NORMS:
-            raise RequestError(f"unknown normalization value {request.normalization}")
-        norm = NORMS[request.normalization]
-        job = self.requests.score(request.query, list(request.items), labels=list(request.labels),
-                                  label_ids=list(request.label_token_ids), normalization=norm,
-                                  item_first=request.item_first)
+        job = self.requests.score(request)
         with self._lock:
             t0 = time.perf_counter()
             (label_lp,) = self.engine.score([job])
             seconds = time.perf_counter() - t0
-        scores = item_scores(label_lp, norm)
+        scores = item_scores(label_lp, job.normalization)
         return pb.ScoreResponse(
             scores=[pb.ItemScore(score=float(s), label_logprobs=[float(x) for x in row])
                     for s, row in zip(scores, label_lp, strict=True)],
@@ -89,7 +82,7 @@ class ScorerService(pb_grpc.ScorerServicer):
 
     @_answer
     def LogProbs(self, request: pb.LogProbsRequest, context: grpc.ServicerContext) -> pb.LogProbsResponse:
-        job = self.requests.logprobs(request.prompt, request.continuation, request.top_k)
+        job = self.requests.logprobs(request)
         with self._lock:
             (res,) = self.engine.logprobs([job])
 

@@ -72,6 +72,9 @@ def test_default_labels_that_are_not_single_tokens_are_found_at_start(byte_serve
     (lambda c: c.logprobs("", " x"), "prompt is empty"),
     (lambda c: c.logprobs("Query:", " spark" * 600), "tokens > the model's"),
     (lambda c: c.score(QUERY, ["ok", "spark " * 600]), "item 1 is too long"),
+    (lambda c: c.score(QUERY, []), "items is empty"),
+    (lambda c: c.score(QUERY, ["ok"], labels=["yes", "absolutely not"]), "not a single token"),
+    (lambda c: c.score(QUERY, ["ok"], labels=[1, 10**6]), "outside the vocabulary"),
 ])
 def test_logprobs_and_score_are_checked_before_the_engine(client, torch_engine, monkeypatch, call, message):
     """The request layer (slimkit.serve.requests) rejects these; the engine is never called with them."""
@@ -82,6 +85,14 @@ def test_logprobs_and_score_are_checked_before_the_engine(client, torch_engine, 
     with pytest.raises(ScorerError, match=message) as e:
         call(client)
     assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT and calls == []
+
+
+def test_an_unknown_normalization_value_is_invalid_argument(client):
+    from slimkit.serve._proto import scorer_pb2 as pb
+
+    with pytest.raises(grpc.RpcError) as e:
+        client.stub.Score(pb.ScoreRequest(query=QUERY, items=["ok"], normalization=7), timeout=60)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown normalization value 7" in e.value.details()
 
 
 def test_a_bug_in_a_handler_is_internal_and_the_server_keeps_serving(client, torch_engine, monkeypatch):

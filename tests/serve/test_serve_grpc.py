@@ -14,7 +14,8 @@ from serve_data import ITEMS, QUERY
 from slimkit.serve._proto import scorer_pb2 as pb
 from slimkit.serve._proto import scorer_pb2_grpc as pb_grpc
 from slimkit.serve.client import AsyncScorerClient, ScorerClient, ScorerError
-from slimkit.serve.prompt import PromptTemplate, make_job
+from slimkit.serve.prompt import PromptTemplate
+from slimkit.serve.requests import make_job
 
 
 @pytest.mark.parametrize("norm", ["labels", "vocab", "logit_diff"])

@@ -58,7 +58,8 @@ def test_onnx_agrees_with_torch(onnx_client, client, norm):
 
 def test_onnx_without_prefix_sharing_and_int8(onnx_dirs, torch_engine):
     from slimkit.serve.onnx_engine import OnnxEngine
-    from slimkit.serve.prompt import PromptTemplate, make_job
+    from slimkit.serve.prompt import PromptTemplate
+    from slimkit.serve.requests import make_job
 
     job = make_job(torch_engine.tokenizer, PromptTemplate(), QUERY, many_items(9), normalization="vocab",
                    vocab_size=torch_engine.vocab_size)

@@ -11,8 +11,10 @@ import torch
 from serve_data import ITEMS, QUERY, many_items
 from transformers import AutoModelForCausalLM
 
+from slimkit.errors import RequestError
 from slimkit.serve.engine import item_scores
-from slimkit.serve.prompt import PromptTemplate, RequestError, make_job
+from slimkit.serve.prompt import PromptTemplate
+from slimkit.serve.requests import make_job
 
 NORMS = ["labels", "vocab", "logit_diff"]
 
