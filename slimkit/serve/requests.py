@@ -15,6 +15,8 @@ from slimkit.errors import PreconditionError, RequestError
 from slimkit.serve._proto import scorer_pb2 as pb
 from slimkit.serve.engine import Engine, LogProbsJob
 from slimkit.serve.prompt import DEFAULT_LABELS, PromptTemplate, ScoreJob, encode, tokenize
+from slimkit.tasks import TaskError
+from slimkit.tasks.eval import label_token_ids
 
 log = logging.getLogger("slimkit.serve")
 NORMALIZATIONS = ("labels", "vocab", "logit_diff")
@@ -34,18 +36,10 @@ def resolve_labels(tokenizer, labels: list[str] | None, token_ids: list[int] | N
                 raise RequestError(f"label token id {t} is outside the vocabulary [0, {vocab_size})")
         ids = list(token_ids)
     else:
-        ids = []
-        for label in labels or DEFAULT_LABELS:
-            if not label:
-                raise RequestError("empty label")
-            toks = encode(tokenizer, label)
-            if len(toks) != 1:
-                pieces = [tokenizer.decode([t]) for t in toks]
-                raise RequestError(f"label {label!r} is not a single token: it encodes to {len(toks)} tokens "
-                                   f"{pieces}; pick a single-token label or pass label_token_ids")
-            if toks[0] == tokenizer.unk_token_id and tokenizer.unk_token_id is not None:
-                raise RequestError(f"label {label!r} is not in the vocabulary (encodes to the unknown token)")
-            ids.append(toks[0])
+        try:
+            ids = label_token_ids(tokenizer, labels or DEFAULT_LABELS)
+        except TaskError as e:
+            raise RequestError(f"{e}; pick a single-token label or pass label_token_ids") from None
     if len(set(ids)) != len(ids):
         raise RequestError(f"labels must be distinct tokens, got ids {ids}")
     return ids

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from slimkit.tasks import Example, TaskError, format_prompt, get_task
@@ -14,13 +14,19 @@ from slimkit.tasks.generate import generate, next_token_logprobs
 MAX_NEW_TOKENS = {"arith": 160, "jobs": 4}
 
 
-def label_token_ids(tokenizer, labels=("yes", "no")) -> list[int]:
-    """The single token id of each label as it follows the generation prompt."""
+def label_token_ids(tokenizer, labels: Sequence[str] = ("yes", "no")) -> list[int]:
+    """The single token id of each label as it follows the generation prompt (the scorer's labels too)."""
     ids = []
-    for lab in labels:
-        toks = tokenizer(lab, add_special_tokens=False).input_ids
+    for label in labels:
+        if not label:
+            raise TaskError("empty label")
+        toks = tokenizer.encode(label, add_special_tokens=False)
         if len(toks) != 1:
-            raise TaskError(f"label {lab!r} is not a single token for this tokenizer ({len(toks)} tokens)")
+            pieces = [tokenizer.decode([t]) for t in toks]
+            raise TaskError(f"label {label!r} is not a single token for this tokenizer: it encodes to "
+                            f"{len(toks)} tokens {pieces}")
+        if tokenizer.unk_token_id is not None and toks[0] == tokenizer.unk_token_id:
+            raise TaskError(f"label {label!r} is not in the vocabulary (encodes to the unknown token)")
         ids.append(toks[0])
     return ids
 
