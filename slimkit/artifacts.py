@@ -32,6 +32,16 @@ class ArtifactError(SlimkitError):
     pass
 
 
+def __getattr__(name: str) -> Any:
+    # DTYPES, the model precisions slimkit loads (name -> torch dtype), is built on first use: importing
+    # this module does not import torch.
+    if name == "DTYPES":
+        import torch
+
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _versions() -> dict[str, str]:
     out = {}
     for name in _VERSIONED:

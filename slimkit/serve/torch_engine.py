@@ -16,13 +16,12 @@ import numpy as np
 import torch
 
 from slimkit import artifacts
+from slimkit.artifacts import DTYPES
 from slimkit.errors import SlimkitError
 from slimkit.kernels import linear_logprob
 from slimkit.serve.batching import Batch, batches
 from slimkit.serve.engine import Engine, LogProbsJob, LogProbsResult
 from slimkit.serve.prompt import ScoreJob
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class TorchEngine(Engine):

@@ -144,3 +144,13 @@ def test_logprobs_equal_direct(torch_engine, hf_model):
         vals, idx = lp[len(p) - 1 + i].topk(5)
         assert [t for t, _ in top] == idx.tolist()
         np.testing.assert_allclose([v for _, v in top], vals.numpy(), atol=1e-4)
+
+
+def test_dtype_by_name(tiny_dir):
+    from slimkit.errors import SlimkitError
+    from slimkit.serve.torch_engine import TorchEngine
+
+    engine = TorchEngine(tiny_dir, dtype="bfloat16")
+    assert engine.dtype == "bfloat16" and engine.head_weight.dtype == torch.bfloat16
+    with pytest.raises(SlimkitError, match="unknown dtype 'fp8'; choose one of float32, bfloat16, float16"):
+        TorchEngine(tiny_dir, dtype="fp8")

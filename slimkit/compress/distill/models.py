@@ -7,10 +7,9 @@ from pathlib import Path
 import torch
 
 from slimkit import artifacts
+from slimkit.artifacts import DTYPES
 from slimkit.compress.distill.config import DataConfig
 from slimkit.errors import SlimkitError
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def model_path(path: str, role: str) -> Path:
