@@ -239,8 +239,8 @@ def linear_logprob(hidden: Tensor, weight: Tensor, targets: Tensor, *, temperatu
     return LogprobOutput(lp.reshape(shape), ent.reshape(shape), lse.reshape(shape))
 
 
-def _teacher(teacher: object, lead: tuple[int, ...], idx: Tensor | None, device: torch.device,
-             student_vocab: int, vocab_size: int | None) -> tuple[TeacherRows, int]:
+def _teacher(teacher: object, lead: tuple[int, ...], idx: Tensor | None, student_vocab: int,
+             vocab_size: int | None) -> tuple[TeacherRows, int]:
     """Normalize the teacher argument: flatten the leading dims, slice the vocabulary, validate (the
     sparse ids and logprobs at the selected rows). Rows are selected by the backend."""
     if isinstance(teacher, tuple) and len(teacher) in (2, 3) and not isinstance(teacher, SparseTeacher):
@@ -281,7 +281,6 @@ def _teacher(teacher: object, lead: tuple[int, ...], idx: Tensor | None, device:
         return TeacherRows("dense", logprobs=_flat(lp.detach(), lead)[:, :v]), v
     chk.fail("teacher must be LiveTeacher(hidden, weight[, bias]), a dense logprob tensor [..., V], or "
              f"SparseTeacher(ids, logprobs); got {type(teacher).__name__}")
-    raise AssertionError  # unreachable
 
 
 def _weight_grad_buffer(buf: Tensor, weight: Tensor, reduction: str) -> Tensor:
@@ -333,7 +332,7 @@ def linear_kl(student_hidden: Tensor, student_weight: Tensor, teacher: object, *
     t = chk.temperature(temperature)
     lead = tuple(hidden.shape[:-1])
     idx = chk.rows_index(rows, lead, hidden.device)
-    tch, v = _teacher(teacher, lead, idx, hidden.device, weight.shape[0], vocab_size)
+    tch, v = _teacher(teacher, lead, idx, weight.shape[0], vocab_size)
     chk.same_device(student_hidden=hidden, teacher=next(x for x in (tch.hidden, tch.logprobs) if x is not None))
     h = _flat(hidden, lead)
     n = h.shape[0] if idx is None else idx.shape[0]

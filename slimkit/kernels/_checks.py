@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import torch
 from torch import Tensor
 
@@ -12,7 +14,7 @@ class KernelInputError(SlimkitError, ValueError):
     """Bad input to a slimkit kernel (shape, dtype, value): a SlimkitError and a ValueError."""
 
 
-def fail(msg: str) -> None:
+def fail(msg: str) -> NoReturn:
     raise KernelInputError(msg)
 
 

@@ -41,17 +41,16 @@ _TEMPS = 4
 _RATIO = 13
 
 
-def chunk_rows(n: int, hidden: int, vocab: int, budget_mb: float | None = None) -> int:
+def chunk_rows(n: int, hidden: int, vocab: int) -> int:
     """Rows per chunk for n selected rows: the [chunk, V] block holds about _RATIO x as many numbers
     as the selected hidden states [n, H] (so the workspace is O(n * H) like the inputs and shrinks with
     `rows`, as in Liger-Kernel), at least 32 rows (smaller matmuls waste the CPU), and its fp32
-    temporaries stay under `budget_mb` MiB (default: env SLIMKIT_KERNEL_CHUNK_MB, else 512). Env
+    temporaries stay under env SLIMKIT_KERNEL_CHUNK_MB MiB (default 512). Env
     SLIMKIT_KERNEL_CHUNK_ROWS fixes the rows instead (bigger chunks run faster on CPUs; the workspace
     then no longer shrinks with `rows`)."""
     if os.environ.get("SLIMKIT_KERNEL_CHUNK_ROWS"):
         return max(1, min(n, int(os.environ["SLIMKIT_KERNEL_CHUNK_ROWS"])))
-    if budget_mb is None:
-        budget_mb = float(os.environ.get("SLIMKIT_KERNEL_CHUNK_MB", "512"))
+    budget_mb = float(os.environ.get("SLIMKIT_KERNEL_CHUNK_MB", "512"))
     cap = max(1, int(budget_mb * 2**20 // (_TEMPS * 4 * vocab)))
     rows = max(32, math.ceil(_RATIO * n * hidden / vocab))
     return max(1, min(n, rows, cap))
@@ -161,9 +160,9 @@ class _LogprobFn(torch.autograd.Function):
 
 
 def logprob(h: Tensor, w: Tensor, b: Tensor | None, targets: Tensor, temperature: float,
-            rows: Tensor | None = None, chunk: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+            rows: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """h [N, H]; targets [n] for the n selected rows (`rows`, or all N)."""
-    chunk = chunk or chunk_rows(targets.shape[0], h.shape[1], w.shape[0])
+    chunk = chunk_rows(targets.shape[0], h.shape[1], w.shape[0])
     return _LogprobFn.apply(h, w, b, targets, temperature, chunk, rows)
 
 
@@ -331,12 +330,12 @@ class _KLEagerFn(torch.autograd.Function):
 
 def kl(h: Tensor, w: Tensor, b: Tensor | None, teacher: TeacherRows, kind: str, beta: float,
        temperature: float, weights: Tensor | None, rows: Tensor | None = None,
-       chunk: int | None = None, weight_grad: Tensor | None = None) -> tuple[Tensor, ...]:
+       weight_grad: Tensor | None = None) -> tuple[Tensor, ...]:
     """h [N, H] and the teacher's per-row tensors [N, ...]; outputs (and `weights`) are for the n
     selected rows (`rows`, or all N). weight_grad: a buffer of w's shape in the accumulation dtype
     (eager mode only) that receives d loss / d w during the forward."""
     n = h.shape[0] if rows is None else rows.shape[0]
-    chunk = chunk or chunk_rows(n, h.shape[1], w.shape[0])
+    chunk = chunk_rows(n, h.shape[1], w.shape[0])
     if weights is None:
         return _KLRecomputeFn.apply(h, w, b, teacher, kind, beta, temperature, chunk, n, rows)
     return _KLEagerFn.apply(h, w, b, teacher, kind, beta, temperature, chunk, weights, torch.is_grad_enabled(),

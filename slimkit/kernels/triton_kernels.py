@@ -203,7 +203,3 @@ def grad_kernel(h_ptr, w_ptr, b_ptr, th_ptr, tw_ptr, tb_ptr, tlp_ptr, lse_ptr, t
     dz = dz * inv_t
     tl.store(dz_ptr + rows[:, None].to(tl.int64) * V + cols[None, :], dz.to(dz_ptr.dtype.element_ty),
              mask=row_ok[:, None] & col_ok[None, :])
-
-
-def cdiv(a: int, b: int) -> int:
-    return triton.cdiv(a, b)

@@ -13,6 +13,7 @@ import math
 import os
 
 import torch
+import triton
 from torch import Tensor
 
 from slimkit.kernels import _math
@@ -65,7 +66,7 @@ def _stats(h, w, b, temperature, targets=None, teacher=None, kl_mode=tk.KL_NONE)
     out = {k: torch.empty(n, **f) for k in ("lse", "ez", "zt", "tlse", "kl")}
     ta = _teacher_args(teacher, h)
     cfg = _blocks(v, ta["TEACHER"] != tk.T_NONE)
-    grid = (tk.cdiv(n, cfg["BN"]),)
+    grid = (triton.cdiv(n, cfg["BN"]),)
     tk.stats_kernel[grid](
         h, w, h if b is None else b, h if targets is None else targets,
         ta["th"], ta["tw"], ta["tb"], ta["tlp"],
@@ -81,7 +82,7 @@ def _jsd(h, w, b, temperature, teacher, lse, tlse, beta):
     loss, klpm = torch.empty_like(lse), torch.empty_like(lse)
     ta = _teacher_args(teacher, h)
     cfg = _blocks(w.shape[0], True)
-    tk.jsd_kernel[(tk.cdiv(n, cfg["BN"]),)](
+    tk.jsd_kernel[(triton.cdiv(n, cfg["BN"]),)](
         h, w, h if b is None else b, ta["th"], ta["tw"], ta["tb"], ta["tlp"], lse, tlse, loss, klpm, n,
         1.0 / temperature, math.log(beta), math.log1p(-beta), beta,
         H=hsize, V=w.shape[0], HT=ta["HT"], VT_STRIDE=ta["VT_STRIDE"], HAS_BIAS=b is not None,
@@ -108,7 +109,7 @@ def _backward(h, w, b, temperature, needs, mode, lse, c0, c1, teacher=None, tlse
         rows = sl.stop - sl.start
         dz = torch.empty(rows, v, dtype=work_dtype, device=h.device)
         hs = h[sl]
-        grid = (tk.cdiv(rows, cfg["BN"]), tk.cdiv(v, cfg["BV"]))
+        grid = (triton.cdiv(rows, cfg["BN"]), triton.cdiv(v, cfg["BV"]))
         tk.grad_kernel[grid](
             hs, w, h if b is None else b, ta["th"][sl] if teacher is not None and teacher.kind == "live" else ta["th"],
             ta["tw"], ta["tb"], ta["tlp"][sl] if teacher is not None and teacher.kind == "dense" else ta["tlp"],

@@ -9,11 +9,6 @@
 
 from __future__ import annotations
 
-import os
-
-# Before torch loads: idle OpenMP threads sleep instead of spinning (much faster on a shared CPU).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 from slimkit.tasks.arith import Arith
 from slimkit.tasks.base import SPLITS, Example, Task, TaskError, read_jsonl, write_jsonl
 from slimkit.tasks.jobs import Jobs

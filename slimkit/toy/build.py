@@ -84,7 +84,6 @@ def build(root: str | os.PathLike, *, seed: int = 0, threads: int | None = None,
           eval_n: dict[str, int] | None = None, overwrite: bool = False, console=None) -> dict[str, Any]:
     """Train tokenizer, teacher (seed `seed`) and student (seed `seed + 1`) into `root`, written
     atomically; `overwrite` replaces an earlier toy build there. Returns the build record."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # no spinning threads on a shared machine
     import torch
     from rich.console import Console
     from transformers.utils import logging as hf_logging

@@ -7,7 +7,6 @@ seeds make a run reproducible; the learning rate warms up then decays on a cosin
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from typing import Any
 
 import torch
 
+from slimkit.schedule import warmup_cosine
 from slimkit.tasks import Example, training_text
 
 
@@ -75,13 +75,6 @@ class _Pools:
         return self.queue.pop()
 
 
-def lr_at(step: int, cfg: SFTConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
-
-
 def train(model, tokenizer, data: dict[str, list[Example]], weights: dict[str, float], cfg: SFTConfig, *,
           progress: bool = True, description: str = "train",
           on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
@@ -119,7 +112,8 @@ def train(model, tokenizer, data: dict[str, list[Example]], weights: dict[str, f
             done[name] += 1
             batch = collate(pools[name].next(), pad)
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, cfg)
+                g["lr"] = warmup_cosine(step, warmup=cfg.warmup, total=cfg.steps, min_ratio=cfg.min_lr_ratio,
+                                        lr=cfg.lr)
             out = model(**batch)
             out.loss.backward()
             if cfg.grad_clip:

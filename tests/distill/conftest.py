@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: no spinning threads on a shared CPU
+import slimkit  # noqa: F401  (first: it sets OMP_WAIT_POLICY before torch loads)
 
+# isort: split
 import pytest
 import torch
 

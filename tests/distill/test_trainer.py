@@ -8,9 +8,10 @@ from distill_helpers import overrides
 
 from slimkit.compress.distill import load_recipe
 from slimkit.compress.distill.metrics import PeakMemory
-from slimkit.compress.distill.trainer import Distiller, lr_factor, step_indices
+from slimkit.compress.distill.trainer import Distiller, step_indices
 from slimkit.errors import SlimkitError
 from slimkit.recipe import RecipeError
+from slimkit.schedule import warmup_cosine
 
 
 def _weights(model):
@@ -211,9 +212,11 @@ def test_cli_reports_recipe_errors_in_one_line(tmp_path):
 
 
 def test_lr_schedule_and_data_order():
-    f = [lr_factor(s, warmup=4, total=20, min_ratio=0.1) for s in range(21)]
+    f = [warmup_cosine(s, warmup=4, total=20, min_ratio=0.1) for s in range(21)]
     assert f[0] == 0.25 and f[3] == 1.0 and f[4] == 1.0
     assert f[20] == pytest.approx(0.1) and all(a >= b for a, b in zip(f[4:], f[5:], strict=False))
+    assert warmup_cosine(0, warmup=4, total=20, min_ratio=0.1, lr=2.0) == 0.5
+    assert warmup_cosine(30, warmup=4, total=20, min_ratio=0.1, lr=2.0) == pytest.approx(0.2)
     epoch = [i for s in range(5) for i in step_indices(s, 10, 2, seed=3)]
     assert sorted(epoch) == list(range(10)) and epoch != list(range(10))
 

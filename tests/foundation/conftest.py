@@ -1,9 +1,8 @@
-import os
+import slimkit  # noqa: F401  (first: it sets OMP_WAIT_POLICY before torch loads)
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: no spinning threads on a shared CPU
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+# isort: split
+import pytest
+import torch
 
 torch.set_num_threads(1)
 

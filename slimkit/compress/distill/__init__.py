@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import os
 
-# Idle OpenMP threads sleep instead of spinning: on a shared, oversubscribed CPU, spinning makes the
-# many small ops of generation 100x slower. Takes effect only if torch is not imported yet.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 from slimkit import recipe as _recipe
 from slimkit.compress.distill.config import DistillConfig, SelectConfig
 

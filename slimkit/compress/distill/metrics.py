@@ -146,9 +146,10 @@ class LiveTable:
     COLUMNS = (("step", "{:d}"), ("loss", "{:.4f}"), ("lr", "{:.2e}"), ("keep_frac", "{:.2f}"),
                ("q3_frac", "{:.2f}"), ("tokens", "{:d}"), ("peak_mem_mb", "{:.0f}"), ("step_s", "{:.2f}"),
                ("eval_acc", "{:.3f}"))
+    ROWS = 12  # the latest steps shown
 
-    def __init__(self, enabled: bool = True, rows: int = 12, title: str = "slimkit distill"):
-        self.enabled, self.rows, self.title = enabled, rows, title
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
         self.records: list[dict[str, Any]] = []
         self._live = None
 
@@ -176,10 +177,10 @@ class LiveTable:
     def _render(self):
         from rich.table import Table
 
-        t = Table(title=self.title)
+        t = Table(title="slimkit distill")
         for name, _ in self.COLUMNS:
             t.add_column(name, justify="right")
-        for r in self.records[-self.rows:]:
+        for r in self.records[-self.ROWS:]:
             cells = []
             for name, fmt in self.COLUMNS:
                 v = r.get(name)

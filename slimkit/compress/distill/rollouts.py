@@ -35,10 +35,6 @@ class Batch:
     attention_mask: torch.Tensor  # [B, T]
     target_mask: torch.Tensor  # [B, T-1]: position t is supervised (predicts completion token t+1)
 
-    @property
-    def num_targets(self) -> int:
-        return int(self.target_mask.sum())
-
     def split(self, n: int) -> list[Batch]:
         """Blocks of n sequences (same padding), in order."""
         return [Batch(*(x[i : i + n] for x in (self.input_ids, self.attention_mask, self.target_mask)))
@@ -70,8 +66,6 @@ def _ids(tok, text: str) -> list[int]:
 class DatasetSource:
     """Completions from the data itself (texts ending in EOS, see `slimkit.tasks.training_text`)."""
 
-    on_policy = False
-
     def __init__(self, tok, prompts: list[str], completions: list[str]):
         self.rollouts = [[Rollout(_ids(tok, p), _ids(tok, c), i)]
                          for i, (p, c) in enumerate(zip(prompts, completions, strict=True))]
@@ -97,7 +91,6 @@ class TeacherSource(DatasetSource):
         fp = _fingerprint(teacher=teacher_hash, prompts=hashlib.sha256("\x00".join(prompts).encode()).hexdigest(),
                           samples=cfg.samples, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                           stop=cfg.stop, seed=seed)
-        self.fingerprint = fp
         if cache.is_file():
             self.rollouts = self._read(cache, fp, len(prompts))
             self._number()
@@ -137,8 +130,6 @@ class TeacherSource(DatasetSource):
 class StudentSource:
     """On-policy: sample G completions per prompt from the current student (HF generate, KV cache)."""
 
-    on_policy = True
-
     def __init__(self, tok, prompts: list[str], cfg: RolloutConfig):
         self.tok, self.prompts, self.cfg = tok, prompts, cfg
 
@@ -161,10 +152,9 @@ class VllmStudentSource(StudentSource):
     weights pushed into the engine every `rollout.refresh_every` steps (`load_weights` on the engine's
     model; the prefix cache is reset so no stale KV is reused)."""
 
-    def __init__(self, tok, prompts: list[str], cfg: RolloutConfig, model_dir: Path, *, seed: int = 0,
-                 kv_cache_gb: int = 1):
+    def __init__(self, tok, prompts: list[str], cfg: RolloutConfig, model_dir: Path, *, seed: int = 0):
         super().__init__(tok, prompts, cfg)
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gb))
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         try:
             from vllm import LLM

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import math
 import os
 import random
 import signal
@@ -45,14 +44,7 @@ from slimkit.compress.distill.rollouts import DatasetSource, StudentSource, Teac
 from slimkit.compress.distill.select import finish_quadrants, keep_mask, quadrant_sums, scores, thresholds
 from slimkit.errors import SlimkitError
 from slimkit.recipe import dump
-
-
-def lr_factor(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warmup to 1, then cosine decay to `min_ratio` at `total` steps."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+from slimkit.schedule import warmup_cosine
 
 
 @functools.lru_cache(maxsize=4)
@@ -188,7 +180,7 @@ class Distiller:
         self.opt = torch.optim.AdamW(self.params, lr=optim.lr, betas=optim.betas,
                                      weight_decay=optim.weight_decay, fused=optim.fused or None)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, functools.partial(
-            lr_factor, warmup=optim.warmup_steps, total=cfg.train.steps, min_ratio=optim.min_lr_ratio))
+            warmup_cosine, warmup=optim.warmup_steps, total=cfg.train.steps, min_ratio=optim.min_lr_ratio))
         self.step = 0
         if resume_state is not None:
             self._load(checkpoint.latest(self.ckpt_dir), resume_state)
@@ -428,4 +420,4 @@ def train(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False) 
     return Distiller(cfg, resume=resume, overwrite=overwrite).run()
 
 
-__all__ = ["Distiller", "lr_factor", "step_indices", "train"]
+__all__ = ["Distiller", "step_indices", "train"]
