@@ -34,10 +34,10 @@ from slimkit.kernels._teacher import TeacherRows
 _TEMPS = 4
 
 
-# See chunk_rows. 13: the largest chunks (bigger ones run faster on CPUs) for which linear_kl's extra
-# memory stays, with some margin, within a tenth of the reference backend's at all rows and within 60%
-# of that at half the rows (benchmarks/kernels.py measures it). The byte budget is a cap for huge
-# vocabularies: at common shapes it must not bind, or the chunk would stop shrinking with `rows`.
+# See chunk_rows. 13: chunks as big as possible (bigger ones run faster on CPUs) while linear_kl's extra
+# memory stays, with some margin, within a tenth of the reference backend's, and at half the rows within
+# 60% of its own all-rows peak (the numbers: benchmarks/results/kernels.md). The byte budget is a cap for
+# huge vocabularies: at common shapes it must not bind, or the chunk would stop shrinking with `rows`.
 _RATIO = 13
 
 
