@@ -34,7 +34,8 @@ class Scores:
 SCORE_BLOCKS = 4
 
 
-def _teacher_part(teacher: kernels.LiveTeacher | kernels.SparseTeacher, part: slice):
+def _teacher_part(teacher: kernels.LiveTeacher | kernels.SparseTeacher,
+                  part: slice) -> kernels.LiveTeacher | kernels.SparseTeacher:
     if isinstance(teacher, kernels.LiveTeacher):
         return teacher._replace(hidden=teacher.hidden[part])
     return kernels.SparseTeacher(teacher.ids[part], teacher.logprobs[part])
