@@ -89,6 +89,7 @@ def phase_probe(d) -> dict[str, float]:
     high-water mark at every phase boundary, so the trainer's own step peak is void for that step."""
     import torch
 
+    from slimkit import kernels
     from slimkit.compress.distill import trainer
     from slimkit.compress.distill.metrics import _hwm, _reset_hwm, _rss
 
@@ -100,10 +101,12 @@ def phase_probe(d) -> dict[str, float]:
             peaks[phase] = max(peaks.get(phase, 0.0), (_hwm() - state["base"]) / 2**20)
         _reset_hwm()
 
-    def wrap(obj, attr: str, phase: str) -> None:
+    def wrap(obj, attr: str, phase: str, when=lambda: True) -> None:
         f = getattr(obj, attr)
 
         def g(*a, **k):
+            if not when():
+                return f(*a, **k)
             mark("between phases")
             out = f(*a, **k)
             mark(phase)
@@ -122,7 +125,8 @@ def phase_probe(d) -> dict[str, float]:
     wrap(trainer, "last_hidden", "teacher forward")
     wrap(d.model, "forward", "student body forward")
     wrap(trainer, "scores", "scoring (no grad)")
-    wrap(trainer, "kl", "fused KL forward")
+    # the step's own linear_kl (with gradients); scoring calls it too, under no_grad
+    wrap(kernels, "linear_kl", "fused KL forward", when=torch.is_grad_enabled)
     wrap(torch.autograd, "backward", "backward")
     wrap(torch.nn.utils, "clip_grad_norm_", "clip")
     wrap(d.opt, "step", "optimizer step")

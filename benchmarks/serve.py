@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from _common import RESULTS, save
 
-from slimkit.serve.prompt import PromptTemplate, make_job
+from slimkit.serve.prompt import PromptTemplate
+from slimkit.serve.requests import make_job
 from slimkit.serve.torch_engine import TorchEngine
 
 WORDS = ("python sql spark airflow kafka java go postgres docker kubernetes react typescript css figma "

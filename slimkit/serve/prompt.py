@@ -109,10 +109,3 @@ def tokenize(tokenizer, template: PromptTemplate, query: str, items: list[str], 
     shared_text, _ = template.split(tokenizer, query, items[0], item_first=item_first)
     item_ids = [encode(tokenizer, template.split(tokenizer, query, it, item_first=item_first)[1]) for it in items]
     return encode(tokenizer, shared_text), item_ids
-
-
-def make_job(*args, **kwargs) -> ScoreJob:
-    """`slimkit.serve.requests.make_job`, kept here for benchmarks/serve.py until it imports it from there."""
-    from slimkit.serve.requests import make_job
-
-    return make_job(*args, **kwargs)
