@@ -280,3 +280,25 @@ def test_bf16_step_matches_fp32_within_bf16_tolerance(pair, tmp_path):
     assert torch.nn.functional.cosine_similarity(g16, g32, dim=0) > 0.999
     assert float(g16.norm() / g32.norm()) == pytest.approx(1.0, abs=0.03)
     assert not torch.equal(g16, g32)  # bf16 did run
+
+
+@pytest.mark.parametrize("teacher_kind", ["live", "topk"])
+def test_lm_head_padding_rows_take_no_part(pair, tmp_path, teacher_kind):
+    """Rows of a padded lm_head past the tokenizer (e.g. Qwen's 151936 vs 151665) are not tokens: with
+    padding rows of large logits in both models, the loss equals that of the same models without them."""
+    from slimkit import artifacts
+
+    def padded(path, name):
+        model, tok = artifacts.load(path)
+        n = len(tok)
+        model.resize_token_embeddings(n + 24)
+        with torch.no_grad():
+            model.get_output_embeddings().weight[n:] = 3.0
+        return artifacts.save(model, tok, tmp_path / name, stage="test")
+
+    teacher, student = pair
+    extra = ["loss.teacher=topk", "loss.topk=8"] if teacher_kind == "topk" else []
+    losses = [Distiller(load_recipe(None, overrides(pair, tmp_path / f"run{i}", f"teacher={t}", f"student={s}",
+                                                    *extra))).train_step()["loss"]
+              for i, (t, s) in enumerate([(padded(teacher, "t"), padded(student, "s")), (teacher, student)])]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)

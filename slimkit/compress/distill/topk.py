@@ -37,10 +37,12 @@ _BATCH = 16  # sequences per teacher forward while the cache is built
 
 
 @torch.no_grad()
-def sparse_topk(teacher: kernels.LiveTeacher, k: int, temperature: float) -> kernels.SparseTeacher:
-    """The K most likely ids of a live teacher [N, H] per row and their log-probs at `temperature`,
-    in chunks of rows (no [N, V] tensor)."""
-    hidden, weight = teacher.hidden, teacher.weight
+def sparse_topk(teacher: kernels.LiveTeacher, k: int, temperature: float,
+                vocab_size: int | None = None) -> kernels.SparseTeacher:
+    """The K most likely ids of a live teacher [N, H] per row and their log-probs at `temperature`
+    over its first `vocab_size` ids (the lm_head's padding rows take no part), in chunks of rows (no
+    [N, V] tensor)."""
+    hidden, weight = teacher.hidden, teacher.weight[:vocab_size]
     chunk = max(1, int(_CHUNK_MB * 2**20 // (4 * weight.shape[0] * 3)))
     ids, lps = [], []
     for i in range(0, hidden.shape[0], chunk):
@@ -62,10 +64,10 @@ class TopKCache:
 
     @classmethod
     def build_or_load(cls, path: Path, teacher, source: DatasetSource, *, k: int, temperature: float,
-                      pad_id: int, teacher_hash: str) -> TopKCache:
+                      vocab_size: int, pad_id: int, teacher_hash: str) -> TopKCache:
         rollouts = source.all()
         weight = teacher.get_output_embeddings().weight
-        k = min(k, weight.shape[0])
+        k = min(k, vocab_size - 1)
         fp = fingerprint(teacher_hash, rollouts, k, temperature)
         meta_file = path / "meta.json"
         if meta_file.is_file():
@@ -79,7 +81,7 @@ class TopKCache:
         for i in range(0, len(rollouts), _BATCH):
             part = rollouts[i : i + _BATCH]
             b = collate(part, pad_id, weight.device)
-            ids, lps = sparse_topk(kernels.LiveTeacher(supervised(last_hidden(teacher, b), b), weight), k, temperature)
+            ids, lps = sparse_topk(kernels.LiveTeacher(supervised(last_hidden(teacher, b), b), weight), k, temperature, vocab_size)
             all_ids.append(ids.to(torch.int32).cpu().numpy())
             all_lps.append(lps.to(torch.float16).cpu().numpy())
             for r in part:

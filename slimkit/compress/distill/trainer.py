@@ -214,7 +214,7 @@ class Distiller:
 
         loss = self.cfg.loss
         path = Path(loss.topk_cache).expanduser() if loss.topk_cache else self.out / "teacher_topk"
-        make = functools.partial(TopKCache.build_or_load, path, self.teacher, self.source, k=loss.topk,
+        make = functools.partial(TopKCache.build_or_load, path, self.teacher, self.source, k=loss.topk, vocab_size=len(self.tok),
                                  temperature=loss.temperature, pad_id=self.pad_id,
                                  teacher_hash=artifacts.dir_hash(self.teacher_dir))
         return self.env.rank0_first(make)
@@ -285,6 +285,7 @@ class Distiller:
             # backpropagated with gradient 1, as the kernel requires
             loss = kernels.linear_kl(h, w, teacher, kind=cfg.loss.kind, beta=cfg.loss.beta,
                                      temperature=cfg.loss.temperature, rows=rows, reduction="sum",
+                                     vocab_size=len(self.tok),
                                      weight_grad_into=w.grad if self.fuse_weight_grad else None).loss
         loss.backward()
         sums["loss_sum"] += float(loss.detach())
