@@ -187,8 +187,10 @@ def results_table(results: dict[str, dict[str, Any]], title: str = ""):
             rows.append((f"  tokens {st}", lambda r, st=st: r["mean_tokens_by_style"].get(st)))
         rows.append(("tokens/s", lambda r: r.get("tokens_per_s")))
     else:
-        rows += [("AUC", lambda r: r["auc"]), ("accuracy", lambda r: r["accuracy"]),
-                 ("items/s", lambda r: r.get("items_per_s"))]
+        rows.append(("AUC", lambda r: r["auc"]))
+        for layout in first.get("auc_by_layout", {}):
+            rows.append((f"  {layout}", lambda r, layout=layout: r.get("auc_by_layout", {}).get(layout)))
+        rows += [("accuracy", lambda r: r["accuracy"]), ("items/s", lambda r: r.get("items_per_s"))]
     table = Table(title=title or f"{first.get('task')} ({first.get('split', 'test')}, n={first.get('n')})")
     table.add_column("metric")
     for name in results:

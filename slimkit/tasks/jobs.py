@@ -69,6 +69,9 @@ def make_query(title: str, place: str, skills: list[str]) -> str:
 
 
 LAYOUTS = ("header", "scattered", "prose")
+# Weights of the negatives that differ in the title only, the place only, or both: mostly one field,
+# so that each comparison has to be learned on its own (one matching field is not a "yes").
+NEGATIVE_KINDS = (0.45, 0.45, 0.1)
 
 # Prose sentences that carry the fields; each layout of a posting draws one of each kind.
 PROSE_TITLE = [
@@ -133,7 +136,7 @@ class Jobs(Task):
         label = rng.random() < 0.5
         p_title, p_place = q_title, q_place
         if not label:
-            kind = rng.choice(("title", "place", "both"))
+            kind = rng.choices(("title", "place", "both"), weights=NEGATIVE_KINDS)[0]
             if kind in ("title", "both"):
                 p_title = rng.choice([t for t in sorted(TITLES) if t != q_title])
             if kind in ("place", "both"):

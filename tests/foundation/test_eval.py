@@ -128,7 +128,14 @@ def test_eval_jobs_auc_accuracy_and_label_mass(tok):
     v = len(tok)
     mass = sum((math.exp(a) + math.exp(b)) / (math.exp(a) + math.exp(b) + v - 2) for a, b in logits.values()) / 8
     assert res["label_mass"] == pytest.approx(mass, rel=1e-5)
-    assert results_table({"scripted": res}).row_count == 3
+    layouts = sorted({e.meta["layout"] for e in exs})
+    assert sorted(res["auc_by_layout"]) == layouts
+    for layout in layouts:  # each layout's AUC over its own examples only
+        idx = [i for i, e in enumerate(exs) if e.meta["layout"] == layout]
+        want = auc([p[i] for i in idx], [labels[i] for i in idx])
+        got = res["auc_by_layout"][layout]
+        assert got == pytest.approx(want) or (math.isnan(got) and math.isnan(want))
+    assert results_table({"scripted": res}).row_count == 3 + len(layouts)
 
 
 def test_eval_on_a_real_tiny_model_runs(tiny):

@@ -1,9 +1,11 @@
 import json
 
+import pytest
 import torch
 from rich.console import Console
 
 from slimkit import artifacts, toy
+from slimkit.errors import SlimkitError
 from slimkit.toy.build import build
 from slimkit.toy.report import report
 
@@ -24,6 +26,13 @@ def test_rebuild_dir_honours_slimkit_home(monkeypatch, tmp_path):
     monkeypatch.setenv("SLIMKIT_HOME", str(tmp_path))
     assert toy.rebuild_dir() == tmp_path / toy.VERSION
     assert not toy.is_built(toy.rebuild_dir())
+
+
+def test_toy_names_resolve_to_the_shipped_world():
+    assert toy.resolve("toy:teacher") == toy.shipped_dir() / "teacher"
+    assert artifacts.check_model_dir("toy:student") == toy.shipped_dir() / "student"
+    with pytest.raises(SlimkitError, match="unknown toy model 'toy:teacherr'"):
+        toy.resolve("toy:teacherr")
 
 
 def test_tiny_toy_build_end_to_end(tmp_path, capsys):
@@ -47,3 +56,53 @@ def test_tiny_toy_build_end_to_end(tmp_path, capsys):
     assert "teacher" in text and "student" in text and "AUC" in text and "level 1" in text
     assert res["jobs"]["student"]["n"] == 8
     assert "jobs" in artifacts.read_manifest(root / "student")["metrics"]
+
+
+def test_shipped_world_report_equals_its_build_record():
+    """`slimkit toy report` (what `make demo` prints) shows the figures the build recorded in toy.json."""
+    record = json.loads((toy.shipped_dir() / "toy.json").read_text())
+    assert record["version"] == toy.VERSION
+    console = Console(record=True, width=160)
+    res = report(toy.shipped_dir(), console=console)
+    for name in toy.MODELS:
+        for task in ("arith", "jobs"):
+            assert res[task][name] == record["models"][name][task]
+    teacher = record["models"]["teacher"]
+    assert f"{teacher['arith']['accuracy']:.3f}" in console.export_text()
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_toy_world(tmp_path):
+    """A wheel built from the repository carries the toy world, and `slimkit toy report` runs from it
+    in a new virtual environment. (Its dependencies come from the test's own environment on
+    PYTHONPATH, which does not hold slimkit itself: the editable install is a .pth hook that
+    PYTHONPATH entries do not run.)"""
+    import subprocess
+    import sys
+    import sysconfig
+    import zipfile
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path / "dist"), str(repo)], check=True, cwd=tmp_path)
+    wheel = next((tmp_path / "dist").glob("slimkit-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in toy.MODELS:
+        assert f"slimkit/toy/world/{name}/model.safetensors" in names
+        assert f"slimkit/toy/world/{name}/tokenizer.json" in names
+    assert "slimkit/toy/world/toy.json" in names
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
+                    "--no-deps", str(wheel)], check=True)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": sysconfig.get_paths()["purelib"],
+           "OMP_NUM_THREADS": "1"}
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import slimkit; print(slimkit.__file__)"],
+                           env=env, cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    assert where.startswith(str(venv)), where
+    out = subprocess.run([str(venv / "bin" / "slimkit"), "toy", "report"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    record = json.loads((toy.shipped_dir() / "toy.json").read_text())
+    assert f"{record['models']['teacher']['arith']['accuracy']:.3f}" in out.stdout
