@@ -15,8 +15,8 @@ from slimkit.tasks.jobs import Jobs
 
 TASKS: dict[str, type[Task]] = {"arith": Arith, "jobs": Jobs}
 
-__all__ = ["SPLITS", "TASKS", "Example", "Task", "TaskError", "format_prompt", "get_task", "read_jsonl",
-           "write_jsonl", "training_text"]
+__all__ = ["SPLITS", "TASKS", "Example", "Task", "TaskError", "format_prompt", "get_task", "pad_pairs",
+           "read_jsonl", "write_jsonl", "training_text"]
 
 
 def get_task(name: str) -> Task:
@@ -36,3 +36,21 @@ def format_prompt(tokenizer, prompt: str) -> str:
 def training_text(tokenizer, example: Example) -> tuple[str, str]:
     """(formatted prompt, completion ending in EOS) for supervised training on `example`."""
     return format_prompt(tokenizer, example.prompt), example.answer + (tokenizer.eos_token or "")
+
+
+def pad_pairs(pairs, pad_id: int, multiple: int = 1):
+    """Right-padded (ids, attention mask, answer mask), each [B, T], of (prompt ids, answer ids)
+    pairs; T is the longest pair rounded up to `multiple`. The answer mask marks the answer tokens,
+    the ones that supervised training predicts."""
+    import torch
+
+    width = max((len(p) + len(a) for p, a in pairs), default=0)
+    width = -(-width // multiple) * multiple
+    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(pairs), width), dtype=torch.long)
+    answer = torch.zeros((len(pairs), width), dtype=torch.bool)
+    for i, (p, a) in enumerate(pairs):
+        ids[i, : len(p) + len(a)] = torch.tensor(p + a, dtype=torch.long)
+        attention[i, : len(p) + len(a)] = 1
+        answer[i, len(p) : len(p) + len(a)] = True
+    return ids, attention, answer

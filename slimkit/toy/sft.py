@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from slimkit.schedule import warmup_cosine
-from slimkit.tasks import Example, training_text
+from slimkit.tasks import Example, pad_pairs, training_text
 
 
 @dataclass
@@ -45,18 +45,10 @@ def encode(tokenizer, examples: list[Example]) -> list[tuple[list[int], list[int
 
 
 def collate(rows: list[tuple[list[int], list[int]]], pad: int, multiple: int = 16) -> dict[str, torch.Tensor]:
-    """Right-padded batch; the width is rounded up to `multiple` (few distinct shapes run faster on CPU)."""
-    width = max(len(p) + len(a) for p, a in rows)
-    width = -(-width // multiple) * multiple
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (p, a) in enumerate(rows):
-        seq = p + a
-        ids[i, :len(seq)] = torch.tensor(seq)
-        labels[i, len(p):len(seq)] = torch.tensor(a)
-        mask[i, :len(seq)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    """Right-padded batch with labels on the answer tokens; the width is rounded up to `multiple`
+    (few distinct shapes run faster on CPU)."""
+    ids, attention, answer = pad_pairs(rows, pad, multiple)
+    return {"input_ids": ids, "attention_mask": attention, "labels": ids.masked_fill(~answer, -100)}
 
 
 class _Pools:

@@ -137,3 +137,15 @@ def test_bad_names():
 def test_format_prompt(tok):
     text = format_prompt(tok, "What is 1 + 1?")
     assert text == "<|im_start|>user\nWhat is 1 + 1?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_pad_pairs_marks_the_answers_and_pads_right():
+    from slimkit.tasks import pad_pairs
+    from slimkit.toy.sft import collate
+
+    ids, attention, answer = pad_pairs([([1, 2], [3]), ([4], [5, 6, 7])], pad_id=0, multiple=8)
+    assert ids.tolist() == [[1, 2, 3, 0, 0, 0, 0, 0], [4, 5, 6, 7, 0, 0, 0, 0]]
+    assert attention.sum(1).tolist() == [3, 4]
+    assert answer.nonzero().tolist() == [[0, 2], [1, 1], [1, 2], [1, 3]]
+    labels = collate([([1, 2], [3]), ([4], [5, 6, 7])], pad=0, multiple=8)["labels"]
+    assert labels.tolist() == [[-100, -100, 3] + [-100] * 5, [-100, 5, 6, 7] + [-100] * 4]

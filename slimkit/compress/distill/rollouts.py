@@ -19,6 +19,7 @@ import torch
 
 from slimkit.compress.distill.config import RolloutConfig
 from slimkit.errors import SlimkitError
+from slimkit.tasks import pad_pairs
 
 
 @dataclass
@@ -42,17 +43,9 @@ class Batch:
 
 
 def collate(rollouts: Sequence[Rollout], pad_id: int, device: str | torch.device = "cpu") -> Batch:
-    seqs = [r.prompt_ids + r.completion_ids for r in rollouts]
-    t = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
-    att = torch.zeros((len(seqs), t), dtype=torch.long)
-    tgt = torch.zeros((len(seqs), max(t - 1, 0)), dtype=torch.bool)
-    for i, (r, s) in enumerate(zip(rollouts, seqs, strict=True)):
-        ids[i, : len(s)] = torch.tensor(s)
-        att[i, : len(s)] = 1
-        p = len(r.prompt_ids)
-        tgt[i, max(p - 1, 0) : len(s) - 1] = True
-    return Batch(ids.to(device), att.to(device), tgt.to(device))
+    ids, attention, answer = pad_pairs([(r.prompt_ids, r.completion_ids) for r in rollouts], pad_id)
+    # position j predicts token j + 1: the targets are the positions just before each completion token
+    return Batch(ids.to(device), attention.to(device), answer[:, 1:].to(device))
 
 
 def _fingerprint(**parts) -> str:
