@@ -77,6 +77,7 @@ def test_wheel_ships_the_toy_world(tmp_path):
     in a new virtual environment. (Its dependencies come from the test's own environment on
     PYTHONPATH, which does not hold slimkit itself: the editable install is a .pth hook that
     PYTHONPATH entries do not run.)"""
+    import shutil
     import subprocess
     import sys
     import sysconfig
@@ -84,8 +85,13 @@ def test_wheel_ships_the_toy_world(tmp_path):
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[2]
+    src = tmp_path / "src"  # a copy: an in-tree build writes build/ and *.egg-info/ into the checkout
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repo / name, src / name)
+    shutil.copytree(repo / "slimkit", src / "slimkit", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "-w", str(tmp_path / "dist"), str(repo)], check=True, cwd=tmp_path)
+                    "-w", str(tmp_path / "dist"), str(src)], check=True, cwd=tmp_path)
     wheel = next((tmp_path / "dist").glob("slimkit-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in toy.MODELS:
