@@ -1,9 +1,9 @@
 """Build the toy world from nothing (`slimkit toy build`): tokenizer, teacher and student.
 
 Fixed seeds and fixed step counts: the same command builds the same models on one machine; across
-machines float rounding differs, so the budgets train each task to convergence, not to the edge of
-a plateau, and rebuilds at other seeds and thread counts land at the same figures (recorded in
-benchmarks/results/toy.md). Sized for a 2-core CPU. Everything is written into a temporary
+machines float rounding differs, which is why the built world ships with the package. The budgets
+aim to train each task to convergence, not to the edge of a plateau; how rebuilds at other seeds
+land is recorded in benchmarks/results/toy.md. Sized for a 2-core CPU. Everything is written into a temporary
 directory that replaces the target only when complete, so an interrupted build leaves nothing that
 loads as a model.
 """
