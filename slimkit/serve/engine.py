@@ -62,6 +62,7 @@ class Engine(abc.ABC):
     dtype: str
     max_top_k: int | None = None            # the largest top_k LogProbs can return (None: no limit)
     max_len: int | None = None              # the longest sequence the model takes (None: no limit)
+    timing: dict[str, float] = {}           # the last score call's phases ("prefill", "scoring"), if measured
 
     @abc.abstractmethod
     def score(self, jobs: list[ScoreJob]) -> list[np.ndarray]:

@@ -1,8 +1,9 @@
 """The torch engine: shared-prefix scoring with a reused KV cache and label log-probs at the last
 position only.
 
-Per request, the shared token ids (template prefix + query) are prefilled once; their KV cache is
-expanded (a view, no copy) to each batch of items (`slimkit.serve.batching`). The model body runs
+Per call, the distinct shared token ids (template prefix + query) of its jobs are prefilled once,
+together; each batch of items, which may mix jobs, continues its rows' own prefixes' KV cache
+(`slimkit.serve.batching`; a view, no copy, when the batch has one prefix). The model body runs
 without its LM head; only the final hidden state of each item's last token is projected, onto the
 label rows of the LM head (or through `kernels.linear_logprob` for the full-vocabulary
 log-normalizer).
@@ -10,6 +11,7 @@ log-normalizer).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from slimkit import artifacts
 from slimkit.artifacts import DTYPES
 from slimkit.errors import SlimkitError
 from slimkit.kernels import linear_logprob
-from slimkit.serve.batching import Batch, batches
+from slimkit.serve.batching import Batch, plan, prefixes
 from slimkit.serve.engine import Engine, LogProbsJob, LogProbsResult
 from slimkit.serve.prompt import ScoreJob
 
@@ -61,36 +63,48 @@ class TorchEngine(Engine):
     # -- Score ---------------------------------------------------------------------------------
     @torch.inference_mode()
     def score(self, jobs: list[ScoreJob]) -> list[np.ndarray]:
-        return [self._score_job(job) for job in jobs]
-
-    def _score_job(self, job: ScoreJob) -> np.ndarray:
-        hidden = torch.empty(len(job.item_ids), self.head_weight.shape[1], dtype=self.head_weight.dtype,
-                             device=self.device)
-        share = self.share_prefix and bool(job.shared_ids)
-        prefix = self._prefill(job.shared_ids) if share else None
-        for batch in batches(job, self.max_batch, prefix=share):
+        """All jobs' items in shared batches (`slimkit.serve.batching.plan`); `timing` gets the call's
+        prefill and scoring seconds."""
+        t0 = time.perf_counter()
+        share = self.share_prefix and all(job.shared_ids for job in jobs)
+        prefix = self._prefill(prefixes(jobs).ids) if share else None
+        t1 = time.perf_counter()
+        hidden = torch.empty(sum(len(job.item_ids) for job in jobs), self.head_weight.shape[1],
+                             dtype=self.head_weight.dtype, device=self.device)
+        for batch in plan(jobs, self.max_batch, prefix=share):
             hidden[batch.rows] = self._last_hidden(batch, prefix)
-        return self._label_logprobs(hidden, job.label_ids, job.normalization).cpu().numpy()
+        out, start = [], 0
+        for job in jobs:
+            n = len(job.item_ids)
+            out.append(self._label_logprobs(hidden[start:start + n], job.label_ids, job.normalization).cpu().numpy())
+            start += n
+        self.timing = {"prefill": t1 - t0, "scoring": time.perf_counter() - t1}
+        return out
 
-    def _prefill(self, ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Run the shared ids once; return each layer's (keys, values) for batch size 1."""
-        x = torch.tensor([ids], device=self.device)
-        out = self.body(input_ids=x, attention_mask=torch.ones_like(x), use_cache=True)
-        cache = out.past_key_values
-        return [(layer.keys, layer.values) for layer in cache.layers]
+    def _prefill(self, ids: list[list[int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Run the prefixes once, together, right-padded; return each layer's (keys, values) with one
+        row per prefix (the padded slots are masked by the rows that continue them)."""
+        width = max(len(p) for p in ids)
+        x = torch.tensor([p + [0] * (width - len(p)) for p in ids], device=self.device)
+        mask = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in ids], device=self.device)
+        out = self.body(input_ids=x, attention_mask=mask, use_cache=True)
+        return [(layer.keys, layer.values) for layer in out.past_key_values.layers]
 
     def _last_hidden(self, batch: Batch, prefix) -> torch.Tensor:
-        """Final hidden state at each row's last token; the rows continue `prefix` (if any)."""
+        """Final hidden state at each row's last token; each row continues its prefix (if any)."""
         from transformers import DynamicCache
 
         ids = torch.tensor(batch.ids, device=self.device)
         mask = torch.tensor(batch.mask, device=self.device)
-        b, width = ids.shape
-        pos = torch.tensor(batch.positions, device=self.device).expand(b, width)
+        b = ids.shape[0]
+        pos = torch.tensor(batch.positions, device=self.device)
         cache = None
         if prefix is not None:
-            cache = DynamicCache(ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1))
-                                                 for k, v in prefix], config=self.model.config)
+            rows = torch.tensor(batch.prefix_rows, device=self.device)
+            one = len(set(batch.prefix_rows)) == 1            # one prefix: a view, no copy
+            cache = DynamicCache(ddp_cache_data=[
+                (k[rows[:1]].expand(b, -1, -1, -1), v[rows[:1]].expand(b, -1, -1, -1)) if one else (k[rows], v[rows])
+                for k, v in prefix], config=self.model.config)
         out = self.body(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                         use_cache=cache is not None)
         return out.last_hidden_state[torch.arange(b, device=self.device), torch.tensor(batch.last, device=self.device)]

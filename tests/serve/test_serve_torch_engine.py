@@ -154,3 +154,28 @@ def test_dtype_by_name(tiny_dir):
     assert engine.dtype == "bfloat16" and engine.head_weight.dtype == torch.bfloat16
     with pytest.raises(SlimkitError, match="unknown dtype 'fp8'; choose one of float32, bfloat16, float16"):
         TorchEngine(tiny_dir, dtype="fp8")
+
+
+@pytest.mark.parametrize("max_batch", [1, 5, 64])
+def test_mixed_jobs_in_one_call_equal_each_alone(torch_engine, hf_model, max_batch):
+    """Cross-request batching: jobs with different queries, prefixes, labels and normalizations in one
+    engine call (their items share batches) score as each job alone and as transformers directly."""
+    tok, v = torch_engine.tokenizer, torch_engine.vocab_size
+    items = many_items(20)
+    mixed = [make_job(tok, PromptTemplate(), QUERY, items[:7], normalization="labels", vocab_size=v),
+             make_job(tok, PromptTemplate(), "nurse in munich, nights", items[5:9], normalization="vocab", vocab_size=v),
+             make_job(tok, PromptTemplate(), QUERY, items[9:], normalization="logit_diff", item_first=True,
+                      vocab_size=v),
+             make_job(tok, PromptTemplate(), "go", ITEMS, labels=["no", "yes", "x"], normalization="labels",
+                      vocab_size=v),
+             make_job(tok, PromptTemplate(), QUERY, items[:2], normalization="vocab", vocab_size=v)]
+    alone = [torch_engine.score([job])[0] for job in mixed]
+    torch_engine.max_batch = max_batch
+    try:
+        together = torch_engine.score(mixed)
+    finally:
+        torch_engine.max_batch = 64
+    assert set(torch_engine.timing) == {"prefill", "scoring"}
+    for job, got, ref in zip(mixed, together, alone, strict=True):
+        np.testing.assert_allclose(got, ref, atol=2e-5, rtol=0)
+        np.testing.assert_allclose(got, direct(hf_model, job), atol=1e-4, rtol=0)
