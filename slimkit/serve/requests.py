@@ -14,6 +14,7 @@ import logging
 from slimkit.errors import PreconditionError, RequestError
 from slimkit.serve._proto import scorer_pb2 as pb
 from slimkit.serve.engine import Engine, LogProbsJob
+from slimkit.serve.options import Limits
 from slimkit.serve.prompt import DEFAULT_LABELS, PromptTemplate, ScoreJob, encode, tokenize
 from slimkit.tasks import TaskError
 from slimkit.tasks.eval import label_token_ids
@@ -67,12 +68,24 @@ def make_job(tokenizer, template: PromptTemplate, query: str, items: list[str], 
     return ScoreJob(shared, item_ids, ids, normalization)
 
 
-class Requests:
-    """Turns the requests of one engine and prompt template into checked jobs."""
+def check_size(limits: Limits, request) -> None:
+    n = request.ByteSize()
+    if n > limits.max_message_bytes:
+        raise RequestError(f"the request is {n} bytes > this server's limit of {limits.max_message_bytes}")
 
-    def __init__(self, engine: Engine, template: PromptTemplate | None = None) -> None:
+
+def check_tokens(what: str, n: int, limit: int) -> None:
+    if n > limit:
+        raise RequestError(f"{what} is {n} tokens > this server's limit of {limit}")
+
+
+class Requests:
+    """Turns the requests of one engine and prompt template into checked jobs, within `limits`."""
+
+    def __init__(self, engine: Engine, template: PromptTemplate | None = None, limits: Limits | None = None) -> None:
         self.engine = engine
         self.template = template or PromptTemplate()
+        self.limits = limits or Limits()
         self.tok = engine.tokenizer
         self.template.split(self.tok, "q", "i")            # a bad template fails here, not per request
         if self.template.item_first_text is not None:
@@ -87,6 +100,13 @@ class Requests:
                         "name their labels", list(DEFAULT_LABELS), e)
 
     def score(self, request: pb.ScoreRequest) -> ScoreJob:
+        lim = self.limits
+        check_size(lim, request)
+        if not request.query.strip():
+            raise RequestError("query is empty: send the text the items are scored against")
+        if len(request.items) > lim.max_items:
+            raise RequestError(f"{len(request.items)} items > this server's limit of {lim.max_items} per request")
+        check_tokens("the query", len(encode(self.tok, request.query)), lim.max_query_tokens)
         if request.normalization not in _WIRE_NORMALIZATIONS:
             raise RequestError(f"unknown normalization value {request.normalization}")
         labels, label_ids = list(request.labels), list(request.label_token_ids)
@@ -97,20 +117,26 @@ class Requests:
                        label_ids=label_ids, normalization=_WIRE_NORMALIZATIONS[request.normalization],
                        item_first=request.item_first, vocab_size=self.engine.vocab_size)
         limit = self.engine.max_len
-        if limit is not None:
-            for i, item in enumerate(job.item_ids):
-                if len(job.shared_ids) + len(item) > limit:
-                    raise RequestError(f"item {i} is too long: {len(job.shared_ids)} shared + {len(item)} item "
-                                       f"tokens > the model's {limit}")
+        for i, item in enumerate(job.item_ids):
+            check_tokens(f"item {i}", len(item), lim.max_item_tokens)
+            if limit is not None and len(job.shared_ids) + len(item) > limit:
+                raise RequestError(f"item {i} is too long: {len(job.shared_ids)} shared + {len(item)} item "
+                                   f"tokens > the model's {limit}")
         return job
 
     def logprobs(self, request: pb.LogProbsRequest) -> LogProbsJob:
+        lim = self.limits
+        check_size(lim, request)
         top_k = request.top_k
         if top_k < 0:
             raise RequestError(f"top_k must be >= 0, got {top_k}")
         if self.engine.max_top_k is not None and top_k > self.engine.max_top_k:
             raise RequestError(f"top_k {top_k} is above this engine's limit of {self.engine.max_top_k}")
+        if top_k > lim.max_top_k:
+            raise RequestError(f"top_k {top_k} is above this server's limit of {lim.max_top_k}")
         job = LogProbsJob(encode(self.tok, request.prompt), encode(self.tok, request.continuation), top_k)
+        check_tokens("the prompt", len(job.prompt_ids), lim.max_query_tokens)
+        check_tokens("the continuation", len(job.continuation_ids), lim.max_query_tokens)
         if not job.continuation_ids:
             raise RequestError("continuation is empty: nothing to score")
         if not job.prompt_ids:

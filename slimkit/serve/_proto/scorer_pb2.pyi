@@ -43,20 +43,28 @@ class ItemScore(_message.Message):
     def __init__(self, score: _Optional[float] = ..., label_logprobs: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("scores", "label_token_ids", "normalization", "shared_tokens", "item_tokens", "engine_seconds")
+    __slots__ = ("scores", "label_token_ids", "normalization", "shared_tokens", "item_tokens", "engine_seconds", "queue_seconds", "prefill_seconds", "scoring_seconds", "batch_requests")
     SCORES_FIELD_NUMBER: _ClassVar[int]
     LABEL_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     NORMALIZATION_FIELD_NUMBER: _ClassVar[int]
     SHARED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ITEM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ENGINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SCORING_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     scores: _containers.RepeatedCompositeFieldContainer[ItemScore]
     label_token_ids: _containers.RepeatedScalarFieldContainer[int]
     normalization: Normalization
     shared_tokens: int
     item_tokens: _containers.RepeatedScalarFieldContainer[int]
     engine_seconds: float
-    def __init__(self, scores: _Optional[_Iterable[_Union[ItemScore, _Mapping]]] = ..., label_token_ids: _Optional[_Iterable[int]] = ..., normalization: _Optional[_Union[Normalization, str]] = ..., shared_tokens: _Optional[int] = ..., item_tokens: _Optional[_Iterable[int]] = ..., engine_seconds: _Optional[float] = ...) -> None: ...
+    queue_seconds: float
+    prefill_seconds: float
+    scoring_seconds: float
+    batch_requests: int
+    def __init__(self, scores: _Optional[_Iterable[_Union[ItemScore, _Mapping]]] = ..., label_token_ids: _Optional[_Iterable[int]] = ..., normalization: _Optional[_Union[Normalization, str]] = ..., shared_tokens: _Optional[int] = ..., item_tokens: _Optional[_Iterable[int]] = ..., engine_seconds: _Optional[float] = ..., queue_seconds: _Optional[float] = ..., prefill_seconds: _Optional[float] = ..., scoring_seconds: _Optional[float] = ..., batch_requests: _Optional[int] = ...) -> None: ...
 
 class LogProbsRequest(_message.Message):
     __slots__ = ("prompt", "continuation", "top_k")
@@ -87,21 +95,25 @@ class PositionLogProbs(_message.Message):
     def __init__(self, token: _Optional[_Union[TokenLogProb, _Mapping]] = ..., top: _Optional[_Iterable[_Union[TokenLogProb, _Mapping]]] = ...) -> None: ...
 
 class LogProbsResponse(_message.Message):
-    __slots__ = ("tokens", "total", "prompt_tokens")
+    __slots__ = ("tokens", "total", "prompt_tokens", "queue_seconds", "engine_seconds")
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     tokens: _containers.RepeatedCompositeFieldContainer[PositionLogProbs]
     total: float
     prompt_tokens: int
-    def __init__(self, tokens: _Optional[_Iterable[_Union[PositionLogProbs, _Mapping]]] = ..., total: _Optional[float] = ..., prompt_tokens: _Optional[int] = ...) -> None: ...
+    queue_seconds: float
+    engine_seconds: float
+    def __init__(self, tokens: _Optional[_Iterable[_Union[PositionLogProbs, _Mapping]]] = ..., total: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., queue_seconds: _Optional[float] = ..., engine_seconds: _Optional[float] = ...) -> None: ...
 
 class ModelInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class ModelInfoResponse(_message.Message):
-    __slots__ = ("model", "engine", "dtype", "vocab_size", "template", "chat_template", "default_labels", "default_label_token_ids", "stage", "model_hash", "slimkit_version")
+    __slots__ = ("model", "engine", "dtype", "vocab_size", "template", "chat_template", "default_labels", "default_label_token_ids", "stage", "model_hash", "slimkit_version", "process_id")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +125,7 @@ class ModelInfoResponse(_message.Message):
     STAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_HASH_FIELD_NUMBER: _ClassVar[int]
     SLIMKIT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_ID_FIELD_NUMBER: _ClassVar[int]
     model: str
     engine: str
     dtype: str
@@ -124,4 +137,5 @@ class ModelInfoResponse(_message.Message):
     stage: str
     model_hash: str
     slimkit_version: str
-    def __init__(self, model: _Optional[str] = ..., engine: _Optional[str] = ..., dtype: _Optional[str] = ..., vocab_size: _Optional[int] = ..., template: _Optional[str] = ..., chat_template: _Optional[bool] = ..., default_labels: _Optional[_Iterable[str]] = ..., default_label_token_ids: _Optional[_Iterable[int]] = ..., stage: _Optional[str] = ..., model_hash: _Optional[str] = ..., slimkit_version: _Optional[str] = ...) -> None: ...
+    process_id: int
+    def __init__(self, model: _Optional[str] = ..., engine: _Optional[str] = ..., dtype: _Optional[str] = ..., vocab_size: _Optional[int] = ..., template: _Optional[str] = ..., chat_template: _Optional[bool] = ..., default_labels: _Optional[_Iterable[str]] = ..., default_label_token_ids: _Optional[_Iterable[int]] = ..., stage: _Optional[str] = ..., model_hash: _Optional[str] = ..., slimkit_version: _Optional[str] = ..., process_id: _Optional[int] = ...) -> None: ...
