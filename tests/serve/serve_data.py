@@ -39,12 +39,12 @@ def many_items(n: int) -> list[str]:
 
 
 def start_server(cmd: list[str], model_dir: Path, engine: str, tmp: Path, *, timeout: float = 400,
-                 env: dict | None = None):
-    """Start a scorer (`cmd` is e.g. [python, "-m", "slimkit.serve"] or ["slimkit", "serve"]) on a free
-    port; return (process, address) once it answers."""
+                 env: dict | None = None, port: int = 0, args: tuple[str, ...] = ()):
+    """Start a scorer (`cmd` is e.g. [python, "-m", "slimkit.serve"] or ["slimkit", "serve"]) on `port`
+    (0: a free one), with more serve `args`; return (process, address) once it answers."""
     port_file, log = tmp / f"{engine}.port", open(tmp / f"{engine}.log", "w")
-    proc = subprocess.Popen([*cmd, str(model_dir), "--engine", engine,
-                             "--port", "0", "--port-file", str(port_file)], cwd=ROOT, stdout=log,
+    proc = subprocess.Popen([*cmd, str(model_dir), "--engine", engine, *args,
+                             "--port", str(port), "--port-file", str(port_file)], cwd=ROOT, stdout=log,
                             stderr=subprocess.STDOUT, env=os.environ | (env or {}))
     deadline = time.time() + timeout
     while not port_file.exists():
