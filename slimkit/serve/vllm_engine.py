@@ -31,6 +31,7 @@ MAX_LOGPROBS = 20   # vLLM's default cap on returned alternatives (max_logprobs)
 
 class VllmEngine(Engine):
     name = "vllm"
+    method = "prompt_logprobs, K prompts per item"
     max_top_k = MAX_LOGPROBS
 
     def __init__(self, model_dir: str | Path, *, dtype: str = "float32", max_batch: int = 64,
