@@ -4,14 +4,13 @@
 
 vLLM gets token ids (the same ids as every other engine, see prompt.py), never text.
 
-Exact label scores through `prompt_logprobs`: vLLM returns at most 20 alternatives per position, so
-asking for the labels among the top-k would miss labels ranked lower. Instead every (item, label) pair
-is sent as the prompt `shared + item + [label]` with `prompt_logprobs=0`: the log-probability vLLM
-reports for the prompt's last token is log P(label | shared + item) over the full vocabulary, whatever
-its rank. `labels` normalization is then a log-softmax over those K values (log P(label) = logit - lse,
-so this equals the softmax over the label logits) and `logit_diff` is their difference. vLLM's prefix
-cache shares the common part of the K prompts per item and of all items of a request where it can.
-Cost: K prompts per item; a later issue can replace this with a logits processor at the last position.
+Exact label scores with one prompt per item: each item is sent as the prompt `shared + item` with
+`SamplingParams(max_tokens=1, logprob_token_ids=labels)`, and vLLM returns log P(label | shared + item)
+over the full vocabulary for exactly those label tokens at the next position, whatever their rank
+(`max_logprobs` caps only top-k alternatives). `labels` normalization is then a log-softmax over those
+K values (log P(label) = logit - lse, so this equals the softmax over the label logits) and
+`logit_diff` is their difference. vLLM's prefix cache shares the common part of all items of a
+request where it can. More than MAX_LABEL_IDS labels are asked for in chunks (a prompt per chunk).
 """
 
 from __future__ import annotations
@@ -27,11 +26,12 @@ from slimkit.serve.engine import Engine, LogProbsJob, LogProbsResult, from_vocab
 from slimkit.serve.prompt import ScoreJob
 
 MAX_LOGPROBS = 20   # vLLM's default cap on returned alternatives (max_logprobs)
+MAX_LABEL_IDS = 128  # vLLM's cap on logprob_token_ids per request (sampling_params.MAX_LOGPROB_TOKEN_IDS)
 
 
 class VllmEngine(Engine):
     name = "vllm"
-    method = "prompt_logprobs, K prompts per item"
+    method = "logprob_token_ids, one prompt per item"
     max_top_k = MAX_LOGPROBS
 
     def __init__(self, model_dir: str | Path, *, dtype: str = "float32", max_batch: int = 64,
@@ -54,7 +54,7 @@ class VllmEngine(Engine):
                        enforce_eager=enforce_eager, distributed_executor_backend="uni",
                        max_num_seqs=max_batch, max_logprobs=MAX_LOGPROBS, **llm_options)
         self.vocab_size = int(self.llm.llm_engine.model_config.get_vocab_size())
-        # Score prompts carry one extra token (the label appended, see above).
+        # Score prompts are followed by the one token that is scored.
         self.max_len = int(self.llm.llm_engine.model_config.max_model_len) - 1
         self.dtype = dtype
 
@@ -67,17 +67,25 @@ class VllmEngine(Engine):
         return [o.prompt_logprobs for o in outs]
 
     def score(self, jobs: list[ScoreJob]) -> list[np.ndarray]:
-        prompts = [job.shared_ids + item + [label] for job in jobs for item in job.item_ids
-                   for label in job.label_ids]
-        plps = self._prompt_logprobs(prompts, 0)
-        out, i = [], 0
-        for job in jobs:
-            k, n = len(job.label_ids), len(job.item_ids)
-            vocab = np.array([plps[i + r][-1][prompts[i + r][-1]].logprob for r in range(n * k)],
-                             dtype=np.float64).reshape(n, k)
-            i += n * k
-            out.append(from_vocab(vocab, job.normalization))
-        return out
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        prompts, params, reads = [], [], []
+        for j, job in enumerate(jobs):
+            chunks = [job.label_ids[c:c + MAX_LABEL_IDS] for c in range(0, len(job.label_ids), MAX_LABEL_IDS)]
+            sp = [SamplingParams(max_tokens=1, temperature=0.0, detokenize=False, logprob_token_ids=chunk)
+                  for chunk in chunks]
+            for i, item in enumerate(job.item_ids):
+                for c, chunk in enumerate(chunks):
+                    prompts.append(TokensPrompt(prompt_token_ids=job.shared_ids + item))
+                    params.append(sp[c])
+                    reads.append((j, i, c * MAX_LABEL_IDS, chunk))
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        vocab = [np.empty((len(job.item_ids), len(job.label_ids))) for job in jobs]
+        for out, (j, i, start, chunk) in zip(outs, reads, strict=True):
+            entries = out.outputs[0].logprobs[0]             # the next position: label id -> Logprob
+            vocab[j][i, start:start + len(chunk)] = [entries[t].logprob for t in chunk]
+        return [from_vocab(v, job.normalization) for v, job in zip(vocab, jobs, strict=True)]
 
     def logprobs(self, jobs: list[LogProbsJob]) -> list[LogProbsResult]:
         results = []

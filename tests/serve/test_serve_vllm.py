@@ -1,6 +1,6 @@
 """The vllm engine, served from its own environment (.venv-vllm) as a subprocess on a real port,
-agrees with the torch engine within 1e-3 (fp32) through the client. One vLLM server per module
-(start-up takes tens of seconds on this machine)."""
+agrees with the torch engine within 1e-3 (fp32) through the client (one prompt per item with
+logprob_token_ids). One vLLM server per module (start-up takes tens of seconds on this machine)."""
 
 from __future__ import annotations
 
@@ -66,3 +66,11 @@ def test_vllm_bad_input(vclient):
             call()
         assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert len(vclient.score(QUERY, ITEMS[:2]).scores) == 2
+
+
+def test_vllm_more_labels_than_one_request_takes(vclient, client):
+    """Over vLLM's 128 logprob_token_ids per request: the labels are asked for in chunks."""
+    labels = list(range(3, 3 + 130))
+    v = vclient.score(QUERY, ITEMS[:2], labels=labels, normalization="vocab")
+    t = client.score(QUERY, ITEMS[:2], labels=labels, normalization="vocab")
+    np.testing.assert_allclose(v.label_logprobs, t.label_logprobs, atol=1e-3, rtol=0)
