@@ -285,7 +285,8 @@ def bench_load(engine, args) -> dict:
     from slimkit.serve.server import make_server
 
     requests = _load_requests(engine.tokenizer, args)
-    modes = {"batching": SchedulerConfig(), "one at a time": SchedulerConfig(max_batch_requests=1)}
+    modes = {"batching": SchedulerConfig(max_batch_tokens=args.max_batch_tokens),
+             "one at a time": SchedulerConfig(max_batch_requests=1)}
 
     async def run(name: str, cfg: SchedulerConfig, queue: int | None, capacity: float = 0.0):
         if queue is not None:
@@ -440,6 +441,7 @@ def main() -> None:
     ap.add_argument("--p99-ms", type=float, default=500.0)
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 0.8, 1.0, 1.5, 2.0],
                     help="load: offered rates as fractions of the measured capacity (include 0.8 and 2)")
+    ap.add_argument("--max-batch-tokens", type=int, default=16384, help="load: tokens per engine call (batching)")
     ap.add_argument("--capacity-concurrency", type=int, default=16, help="load: closed-loop clients for capacity")
     ap.add_argument("--queue-seconds", type=float, default=0.5,
                     help="load: each server's queue bound, in seconds of its capacity")
@@ -471,7 +473,8 @@ def main() -> None:
     settings = {k: getattr(args, k) for k in ("threads", "max_batch", "query_tokens", "item_tokens", "items")}
     settings |= {"repeats": args.repeats} if prefix else {"seconds": args.seconds, "p99_limit_ms": args.p99_ms}
     if args.workload == "load":
-        settings |= {"capacity_concurrency": args.capacity_concurrency, "queue_seconds": args.queue_seconds}
+        settings |= {"capacity_concurrency": args.capacity_concurrency, "queue_seconds": args.queue_seconds,
+                     "max_batch_tokens": args.max_batch_tokens}
         del settings["p99_limit_ms"]
         where = {"model": model, "device": args.device, "dtype": engine.dtype}
         save("serve", "load summary", [{**where, **r} for r in result["summary"]],
