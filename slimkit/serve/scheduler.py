@@ -146,6 +146,11 @@ class Scheduler:
                 return
             try:
                 self._compute(batch)
+            except Exception as e:                      # a bug outside the engine: fail the batch, keep serving
+                log.exception("scheduler error")
+                for t in batch:
+                    if not t.done.is_set():
+                        t.finish(error=e)
             finally:
                 with self._cond:
                     self._busy = False

@@ -371,6 +371,8 @@ def serve(model_dir: str, *, engine: str = "torch", host: str = "127.0.0.1", por
     eng = None
     try:
         eng = load_engine(engine, model_dir, **engine_options)
+        if stop.is_set():                               # stopped while loading: never turn SERVING
+            return
         server.attach(eng)
         if port_file:
             artifacts.atomic_write_text(port_file, str(server.port), overwrite=True, is_own=_is_port_file)
