@@ -150,6 +150,7 @@ def test_serve_option_errors_are_one_line(tiny_dir, tmp_path):
               "--device applies to the torch engine only")
     _one_line(_slimkit("serve", str(tiny_dir), "--port", "0", "--device", "tpu"), "'tpu' is not a device")
     _one_line(_slimkit("serve", str(tiny_dir), "--max-batch", "0"), "--max-batch")
+    _one_line(_slimkit("serve", str(tiny_dir), "--port", "0", "--host", "0.0.0.0"), "refusing to serve plaintext")
     module = subprocess.run([sys.executable, "-m", "slimkit.serve", str(tiny_dir), "--max-batch", "0"],
                             capture_output=True, text=True, timeout=300)
     _one_line(module, "--max-batch", "python -m slimkit.serve --help")      # the same command, run as a module
