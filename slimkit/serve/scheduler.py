@@ -103,7 +103,7 @@ class Scheduler:
     def wait(self, ticket: Ticket) -> Any:
         """The ticket's result; raises its error, or DeadlineExceeded when its deadline passes first."""
         left = ticket.deadline - time.monotonic()
-        if not ticket.done.wait(None if math.isinf(left) else max(left, 0.0)):
+        if not ticket.done.wait(None if left >= threading.TIMEOUT_MAX else max(left, 0.0)):
             self.cancel(ticket)
             raise DeadlineExceeded("the deadline passed while the request was queued or computed")
         if ticket.error is not None:

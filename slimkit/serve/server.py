@@ -49,6 +49,7 @@ log = logging.getLogger("slimkit.serve")
 SERVICE = "slimkit.v1.Scorer"
 RETRY_AFTER = "retry-after-ms"          # trailing metadata of RESOURCE_EXHAUSTED: when to try again
 _HEALTH_PREFIX = "/grpc.health.v1.Health/"
+_NO_DEADLINE = 1e8                      # seconds: a longer time_remaining() means the call has no deadline
 
 
 # -- answers --------------------------------------------------------------------------------------
@@ -104,7 +105,8 @@ class ScorerService(pb_grpc.ScorerServicer):
         """Queue the job, free its slot if the call goes away, wait for its result (or deadline)."""
         if self.scheduler is None:
             raise Draining("the model is still loading: retry shortly")
-        ticket = self.scheduler.submit(kind, job, tokens, context.time_remaining())
+        left = context.time_remaining()                 # a call without a deadline: its "infinite future"
+        ticket = self.scheduler.submit(kind, job, tokens, left if left is not None and left < _NO_DEADLINE else None)
         if not context.add_callback(lambda: self.scheduler.cancel(ticket)):
             self.scheduler.cancel(ticket)                   # the call ended already
         return self.scheduler.wait(ticket), ticket.timing

@@ -148,6 +148,7 @@ def test_deadline_passed_in_queue_is_dropped_before_compute_and_earliest_deadlin
         assert [next(t for t in (10, 20, 30) if f"deadline {t}" in x) for x in texts] == [10, 20, 30]
         body = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
         assert 'slimkit_requests_total{code="DEADLINE_EXCEEDED",method="Score"} 1.0' in body
+        assert len(stub.Score(pb.ScoreRequest(query=QUERY, items=ITEMS[:2])).scores) == 2     # no deadline at all
     finally:
         server.stop(0).wait()
 
