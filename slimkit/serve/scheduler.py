@@ -111,12 +111,15 @@ class Scheduler:
         return ticket.result
 
     def cancel(self, ticket: Ticket) -> None:
-        """The caller is gone: free its queue slot (a job already computing finishes unread)."""
+        """The caller is gone: free its queue slot (a job already computing finishes unread). A call
+        that gRPC ends at its deadline counts as past its deadline, not as cancelled."""
         with self._cond:
             ticket.cancelled = True
             if ticket in self._queue:
                 self._remove([ticket])
-                ticket.finish(error=Cancelled("the call was cancelled"))
+                late = time.monotonic() >= ticket.deadline - 0.05
+                ticket.finish(error=DeadlineExceeded("the deadline passed while the request was queued") if late
+                              else Cancelled("the call was cancelled"))
                 self._cond.notify_all()
 
     def drain(self, timeout: float | None = None) -> bool:
