@@ -140,6 +140,9 @@ class TrainConfig(StageConfig):
         "run each student MLP over this many checkpointed blocks of token rows (TiledMLP, see "
         "slimkit/compress/distill/memory.py): the same result, with the [tokens, intermediate] activations "
         "of one block at a time, for one more MLP forward per step. 1: off"))
+    parallel: Literal["ddp", "fsdp"] = Field("ddp", description=(
+        "under torchrun: ddp replicates the student; fsdp shards student and frozen teacher across ranks "
+        "(FSDP2 fully_shard, slimkit/compress/distill/parallel.py)"))
     device: str = "auto"
     threads: int | None = Field(None, ge=1)
     checkpoint_every: int = Field(50, ge=0, description="0: only at the end and on SIGTERM")
@@ -197,6 +200,9 @@ class DistillConfig(StageConfig):
         if loss.teacher != "topk" and (loss.topk != LossConfig.model_fields["topk"].default or loss.topk_cache):
             raise ValueError("loss.topk / loss.topk_cache apply to loss.teacher=topk only")
         self._check_teacher()
+        if self.train.parallel == "fsdp" and self.weighting.method != "none":
+            raise ValueError("train.parallel=fsdp runs every rank through the same micro-batches, which "
+                             "weighting.method=paced (ranks drop different rollouts) does not keep: use ddp")
         if self.weighting.method == "paced":
             if rollout.source != "student" or rollout.samples < 2:
                 raise ValueError("weighting.method=paced needs the student's pass rate over several rollouts: "

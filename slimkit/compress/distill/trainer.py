@@ -34,9 +34,9 @@ import torch
 import torch.distributed as dist
 
 from slimkit import artifacts, kernels
-from slimkit.compress.distill import checkpoint, rundir, stages, weighting
+from slimkit.compress.distill import checkpoint, parallel, rundir, stages, weighting
 from slimkit.compress.distill.config import DistillConfig
-from slimkit.compress.distill.hidden import Body, last_hidden, supervised
+from slimkit.compress.distill.hidden import Body, supervised
 from slimkit.compress.distill.memory import tile_mlps
 from slimkit.compress.distill.metrics import LiveTable, MetricsLog, PeakMemory
 from slimkit.compress.distill.models import load_examples, load_pair
@@ -160,6 +160,7 @@ class Distiller:
                                              add_special_tokens=False)["input_ids"] for ex in self.examples]
                                    if cfg.instruction else None)
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
+        self.teacher_body: torch.nn.Module | None = None  # set below; sources built before it see it unset
         self.stage = stages.stage_at(cfg, int(resume_state["step"]) if resume_state else 0)
         self._enter_stage(self.stage)
 
@@ -178,7 +179,11 @@ class Distiller:
             self.student.get_input_embeddings().sparse = True
         self.persistent_grads = self.fuse_weight_grad or sparse_embedding
         self.model: torch.nn.Module = Body(self.student)
-        if self.env.ddp:
+        self.teacher_body = Body(self.teacher)  # with self_teacher live, the student itself, outside DDP
+        if self.env.ddp and cfg.train.parallel == "fsdp":  # shards of student and teacher (parallel.py)
+            self.model = parallel.shard(self.model)
+            self.teacher_body = self.model if self.teacher is self.student else parallel.shard(self.teacher_body)
+        elif self.env.ddp:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.model = DDP(self.model, device_ids=[self.env.device] if self.env.device.type == "cuda" else None)
@@ -204,8 +209,9 @@ class Distiller:
     def _enter_stage(self, k: int) -> None:
         """Run stage k from now on: its recipe, rollout source and top-k teacher."""
         self.stage, self.cfg = k, self.stage_cfgs[k]
-        self.source = self._make_source()
-        self.topk = self._make_topk()
+        with parallel.full_weights(self.teacher_body):  # teacher rollouts and top-k caches generate with it
+            self.source = self._make_source()
+            self.topk = self._make_topk()
 
     def _cache_path(self, given: str | None, name: str) -> Path:
         """A teacher cache's path: as given, else OUT/name (one per stage when the recipe has stages)."""
@@ -245,8 +251,11 @@ class Distiller:
 
     def _load(self, path: Path, state: dict[str, Any]) -> None:
         try:
-            self.student.load_state_dict(state["model"])
-            self.opt.load_state_dict(state["optimizer"])
+            if parallel.is_sharded(self.model):
+                parallel.load_full_state(self.model, self.opt, state["model"], state["optimizer"])
+            else:
+                self.student.load_state_dict(state["model"])
+                self.opt.load_state_dict(state["optimizer"])
             self.sched.load_state_dict(state["scheduler"])
             checkpoint.set_rng_state(state["rng"])
             self.step = int(state["step"])
@@ -256,8 +265,11 @@ class Distiller:
                                f"{self.student_dir} ({first})") from None
 
     def save_checkpoint(self) -> None:
+        model, optim = self.student.state_dict(), self.opt.state_dict()
+        if parallel.is_sharded(self.model):  # gathered to rank 0 (every rank takes part)
+            model, optim = parallel.full_state(self.model, self.opt)
         if self.env.rank == 0:
-            checkpoint.save(self.ckpt_dir, self.step, model=self.student, optimizer=self.opt,
+            checkpoint.save(self.ckpt_dir, self.step, model=model, optimizer=optim,
                             scheduler=self.sched, recipe=dump(self.recipe), keep=self.cfg.train.keep_checkpoints,
                             extra={"data_position": self.step * self.cfg.train.prompts_per_step})
         if self.env.ddp:
@@ -276,7 +288,7 @@ class Distiller:
                             self.pad_id, self.env.device)
         blocks = batch.split(self.cfg.train.teacher_micro_batch or batch.input_ids.shape[0])
         with torch.no_grad():
-            th = torch.cat([supervised(last_hidden(self.teacher, b), b) for b in blocks])
+            th = torch.cat([supervised(self.teacher_body(b.input_ids, b.attention_mask), b) for b in blocks])
         # detached: with self_teacher live this is the student's own lm_head
         return kernels.LiveTeacher(th, self.teacher.get_output_embeddings().weight.detach())
 
@@ -286,11 +298,11 @@ class Distiller:
         # teacher: hidden states at the supervised positions (no grad), or its cached top-k rows
         teacher = self._teacher_rows(batch, part)
         # student body -> hidden states at the supervised positions (with grad)
-        w = self.student.get_output_embeddings().weight
         autocast = (torch.autocast(self.env.device.type, dtype=torch.bfloat16)
                     if cfg.train.dtype == "bfloat16" else contextlib.nullcontext())
         with autocast:
             hidden = self.model(batch.input_ids, batch.attention_mask)
+        w = self.student.get_output_embeddings().weight  # after the forward: under FSDP, the gathered weight
         h = supervised(hidden, batch).to(w.dtype)
         # token scores (no grad) and selection (TIP): the lm_head then runs with gradients on the kept rows
         keep = torch.ones(h.shape[0], dtype=torch.bool, device=h.device)
@@ -336,7 +348,8 @@ class Distiller:
         t0 = time.perf_counter()
         idx = step_indices(self.step, len(self.examples), cfg.train.prompts_per_step, cfg.train.seed)
         idx = idx[env.rank :: env.world]
-        rollouts = self.source.get(idx, model=self.student, seed=self._seed(self.step, env.rank, -1), step=self.step)
+        with parallel.full_weights(self.model if cfg.rollout.source == "student" else None):
+            rollouts = self.source.get(idx, model=self.student, seed=self._seed(self.step, env.rank, -1), step=self.step)
         extra: dict[str, Any] = {"stage": self.stage} if self.recipe.stages else {}
         if cfg.weighting.method == "paced":  # before the teacher runs: prompts with weight 0 are dropped
             rollouts, stats = weighting.weigh(cfg.weighting, rollouts, self._verify, env.sum, keep_one=env.ddp)
@@ -350,7 +363,7 @@ class Distiller:
             micro = [rollouts[i : i + cfg.train.micro_batch] for i in range(0, len(rollouts), cfg.train.micro_batch)]
             for j, part in enumerate(micro):
                 last = j == len(micro) - 1
-                no_sync = self.model.no_sync() if env.ddp and not last else contextlib.nullcontext()
+                no_sync = self.model.no_sync() if hasattr(self.model, "no_sync") and not last else contextlib.nullcontext()
                 with no_sync:
                     self._micro_step(part, j, sums)
             keys = sorted(sums)
@@ -402,9 +415,10 @@ class Distiller:
 
         exs = self.task.split(self.cfg.eval.split, self.cfg.eval.n)[self.env.rank :: self.env.world]
         self.student.eval()
-        outs = generate(self.student, self.tok, [format_prompt(self.tok, x.prompt) for x in exs],
-                        max_new_tokens=self.cfg.eval.max_new_tokens or self.recipe.rollout.max_new_tokens, temperature=0.0,
-                        batch_size=self.cfg.rollout.batch_size)
+        with parallel.full_weights(self.model):
+            outs = generate(self.student, self.tok, [format_prompt(self.tok, x.prompt) for x in exs],
+                            max_new_tokens=self.cfg.eval.max_new_tokens or self.recipe.rollout.max_new_tokens,
+                            temperature=0.0, batch_size=self.cfg.rollout.batch_size)
         self.student.train()
         # accuracy and generated tokens per answer, overall and per level / style where examples have one
         groups = {"": list(range(len(exs)))}
@@ -481,8 +495,14 @@ class Distiller:
             metrics["start_eval_acc"] = start_eval["eval_acc"]
         self.save_checkpoint()
         out = self.out / rundir.STUDENT
+        student = self.student
+        if parallel.is_sharded(self.model):  # one ordinary HF directory: the gathered weights in a plain copy
+            full, _ = parallel.full_state(self.model, self.opt)
+            if self.env.rank == 0:
+                student, _ = artifacts.load(self.student_dir, dtype=torch.float32, with_tokenizer=False)
+                student.load_state_dict(full)
         if self.env.rank == 0:  # the run dir was checked at the start: a student there is this run's own
-            artifacts.save(self.student, self.tok, out, stage="distill", parent=self.student_dir,
+            artifacts.save(student, self.tok, out, stage="distill", parent=self.student_dir,
                            recipe=dump(self.recipe), metrics=metrics, teacher=str(self.teacher_dir), overwrite=True)
         if self.env.ddp:
             dist.barrier()
