@@ -5,7 +5,8 @@ Each row (ROWS, a registry) is a recipe under recipes/repro/ plus `--set` overri
 columns come from the run's metrics log: arith validation accuracy (overall and per level) and mean
 generated tokens per answer at the last eval, the accuracy and tokens at step 0, the fraction of
 supervised tokens trained on, the median step time (rollouts included), the whole-process peak
-(what decides an out-of-memory) and the largest step peak (RSS over a step minus RSS at its start).
+(what decides an out-of-memory: the larger of wait4's peak RSS and every step's start RSS plus
+its step peak) and the largest step peak (RSS over a step minus RSS at its start).
 Two PNGs: validation accuracy against step for every row (distill.png), and the student-entropy x
 teacher-student-divergence scatter of one batch of student rollouts with the quadrants and the tokens
 two selectors keep (distill_scatter.png).
@@ -72,7 +73,7 @@ ABOUT = ("One `slimkit distill` process per row (recipe under recipes/repro/, th
          "L1-L3: per level), start_acc at step 0; tokens: mean generated tokens per answer (start_tokens "
          "at step 0); tokens_trained: supervised tokens trained on / tokens scored; teacher_saved: share of "
          "the rollout tokens PACED dropped before the teacher ran; step_s: median step time (rollouts "
-         "included); process_peak_mb: the row's whole-process peak RSS; step_peak_mb: largest step peak "
+         "included); process_peak_mb: the row's whole-process peak RSS over its steps; step_peak_mb: largest step peak "
          "(RSS over the step minus RSS at its start).")
 
 
@@ -128,7 +129,10 @@ def run_row(name: str, recipe: Path, runs: Path, lock: Path | None) -> dict:
                 "teacher_saved": (statistics.mean(r["teacher_saved_frac"] for r in steps)
                                   if "teacher_saved_frac" in steps[0] else None),
                 "step_s": statistics.median(r["step_s"] for r in steps), "wall_s": wall,
-                "process_peak_mb": usage.ru_maxrss / 1024, "step_peak_mb": max(r["peak_mem_mb"] for r in steps),
+                # the kernel's high-water mark is reset at every step (the step peaks): take the larger of
+                # the process's RSS peak since then and every step's start RSS + step peak
+                "process_peak_mb": max(usage.ru_maxrss / 1024, max(r["mem_start_mb"] + r["peak_mem_mb"] for r in steps)),
+                "step_peak_mb": max(r["peak_mem_mb"] for r in steps),
                 "curve": [[r["step"], r["eval_acc"], r["eval_tokens"]] for r in evals]})
     return out
 
