@@ -16,13 +16,12 @@ so the record holds the latest figure of each measurement; the git history keeps
     serve.py --workload prefix|latency [--engine ...]  serve              prefix, latency
     distill_memory.py [--configs ...] [--phases]       distill_memory     steps, phases
     distill.py [--rows ...] [--quick]                  distill            rows, curves
-    distill_accuracy.py [--configs ...] [--set ...]    distill_accuracy   opd
-    first_errors.py --students ...                     distill_accuracy   first errors
-    distill_q3_probe.py [--student ...]                distill_accuracy   probe
-    toy_student.py --out runs/NAME ...                 distill_accuracy   students
+    first_errors.py --students ...                     distill            first errors
+    distill_q3_probe.py [--student ...]                distill            probe
+    toy_student.py --out runs/NAME ...                 distill            students
     toy.py [--from DIR]                                toy                builds
 
-distill_q3.md, beside distill_accuracy.md, is the hand-written study of Q3-only token selection.
+distill_q3.md, beside distill.md, is the hand-written study of Q3-only token selection (toy-v2).
 """
 
 from __future__ import annotations
@@ -46,7 +45,6 @@ AREAS = {
     "serve": "Scorer throughput and latency",
     "distill_memory": "Distillation step memory vs token selection",
     "distill": "Toy-world distillation methods: the reproduction table",
-    "distill_accuracy": "Toy-world distillation accuracy vs token selection",
     "toy": "Toy world builds",
 }
 NOTES = "<!-- notes: written by hand below this line, kept when a script rewrites this file -->"
