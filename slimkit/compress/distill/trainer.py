@@ -68,6 +68,16 @@ def step_indices(step: int, n: int, per_step: int, seed: int) -> list[int]:
     return out
 
 
+def eval_groups(examples) -> dict[str, list[int]]:
+    """Example indices by group: "" (all), then "_level_L" and "_style_S" where the examples' meta has them."""
+    groups: dict[str, list[int]] = {"": list(range(len(examples)))}
+    for key in ("level", "style"):
+        for i, x in enumerate(examples):
+            if key in x.meta:
+                groups.setdefault(f"_{key}_{x.meta[key]}", []).append(i)
+    return dict(sorted(groups.items()))
+
+
 @dataclass
 class DistEnv:
     rank: int = 0
@@ -413,35 +423,27 @@ class Distiller:
         from slimkit.tasks import format_prompt
         from slimkit.tasks.generate import generate
 
-        exs = self.task.split(self.cfg.eval.split, self.cfg.eval.n)[self.env.rank :: self.env.world]
+        every = self.task.split(self.cfg.eval.split, self.cfg.eval.n)
+        exs = every[self.env.rank :: self.env.world]
         self.student.eval()
         with parallel.full_weights(self.model):
             outs = generate(self.student, self.tok, [format_prompt(self.tok, x.prompt) for x in exs],
                             max_new_tokens=self.cfg.eval.max_new_tokens or self.recipe.rollout.max_new_tokens,
                             temperature=0.0, batch_size=self.cfg.rollout.batch_size)
         self.student.train()
-        # accuracy and generated tokens per answer, overall and per level / style where examples have one
-        groups = {"": list(range(len(exs)))}
-        for key in ("level", "style"):
-            for i, x in enumerate(exs):
-                if key in x.meta:
-                    groups.setdefault(f"_{key}_{x.meta[key]}", []).append(i)
+        # accuracy and generated tokens per answer, overall and per level / style (names from every rank's data)
         ok = [bool(self.task.verify(x, o[0].text)) for x, o in zip(exs, outs, strict=True)]
         ntok = [len(o[0].token_ids) for o in outs]
-        names = sorted(groups)
-        if self.env.ddp:  # ranks see different groups: gather every name
-            gathered: list[list[str]] = [[] for _ in range(self.env.world)]
-            dist.all_gather_object(gathered, names)
-            names = sorted({n for g in gathered for n in g})
-        flat = [x for n in names for x in (sum(ok[i] for i in groups.get(n, [])),
-                                             sum(ntok[i] for i in groups.get(n, [])), len(groups.get(n, [])))]
-        flat = self.env.sum([float(x) for x in flat])
+        names = eval_groups(every)
+        mine = eval_groups(exs)
+        flat = self.env.sum([float(x) for n in names for i in [mine.get(n, [])]
+                             for x in (sum(ok[j] for j in i), sum(ntok[j] for j in i), len(i))])
         out: dict[str, float] = {}
-        for j, n in enumerate(names):
-            correct, tokens, total = flat[3 * j : 3 * j + 3]
+        for k, n in enumerate(names):
+            correct, tokens, total = flat[3 * k : 3 * k + 3]
             out[f"eval_acc{n}"] = correct / max(total, 1.0)
             out[f"eval_tokens{n}"] = tokens / max(total, 1.0)
-        out["eval_n"] = int(flat[2 + 3 * names.index("")])
+        out["eval_n"] = int(flat[2])
         return out
 
     # ---------------------------------------------------------------- the run
