@@ -46,6 +46,7 @@ class Row:
     recipe: str
     about: str
     sets: tuple[str, ...] = ()
+    trl: bool = False  # run by TRL's GKDTrainer (benchmarks/distill_trl.py, in .venv-trl)
 
 
 ROWS: dict[str, Row] = {
@@ -62,7 +63,9 @@ ROWS: dict[str, Row] = {
     "paced_on": Row("paced.yaml", "PACED: G=4, w = p(1-p), w=0 prompts dropped"),
     "forward_then_reverse": Row("forward_then_reverse.yaml", "PACED forward KL, then PACED reverse KL"),
     "opsdc_teacher": Row("opsdc.yaml", "OPSDC on the teacher: itself + \"Be concise.\", reverse KL"),
+    "trl_gkd": Row("opd.yaml", "opd_all's recipe through TRL's GKDTrainer (lmbda 1, beta 0: forward KL)", trl=True),
 }
+TRL_PYTHON = ROOT / ".venv-trl" / "bin" / "python"
 
 # --quick: every row for two steps on small batches (stages: one step each)
 QUICK = {"data.n": 64, "train.prompts_per_step": 4, "rollout.max_new_tokens": 24, "eval.max_new_tokens": 24,
@@ -103,7 +106,8 @@ def recipe_for(name: str, quick: bool, runs: Path) -> Path:
 def run_row(name: str, recipe: Path, runs: Path, lock: Path | None) -> dict:
     """Run one row in its own process; its metrics summarised, with the process's peak RSS."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "slimkit.cli", "distill", str(recipe), "--overwrite"]
+    cmd = ([str(TRL_PYTHON), str(ROOT / "benchmarks" / "distill_trl.py"), str(recipe)] if ROWS[name].trl else
+           [sys.executable, "-m", "slimkit.cli", "distill", str(recipe), "--overwrite"])
     with open(lock, "w") if lock else open(os.devnull) as held:
         if lock:
             fcntl.flock(held, fcntl.LOCK_EX)
@@ -230,6 +234,11 @@ def main() -> None:
     unknown = sorted(set(names) - ROWS.keys())
     if unknown:
         ap.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
+    if not TRL_PYTHON.exists():
+        skipped = [n for n in names if ROWS[n].trl]
+        names = [n for n in names if not ROWS[n].trl]
+        if skipped:
+            print(f"skipping {', '.join(skipped)}: no .venv-trl (make trl-env)", file=sys.stderr)
     runs = (args.runs or ROOT / "runs" / ("repro-quick" if args.quick else "repro")).resolve()
     out = args.out or (runs / "results" if args.quick else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
