@@ -227,7 +227,8 @@ class Distiller:
         """A teacher cache's path: as given, else OUT/name (one per stage when the recipe has stages)."""
         if given:
             return Path(given).expanduser()
-        return self.out / (f"{name}.stage{self.stage}" if self.recipe.stages else name)
+        stem, dot, ext = name.partition(".")
+        return self.out / (f"{stem}.stage{self.stage}{dot}{ext}" if self.recipe.stages else name)
 
     def _make_source(self):
         rollout = self.cfg.rollout
