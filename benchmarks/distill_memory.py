@@ -297,7 +297,8 @@ def main() -> None:
         last = recs[-1]
         ref = " ".join(["all", *parse_config(name)[1]]) if name != FULL_LOGITS else "all"
         base = results[ref]["steps"][-1]["peak_mem_mb"] if ref in results else None
-        rows.append({"config": name, "keep_frac": last["keep_frac"], "tokens": last["tokens"],
+        rows.append({"config": name, "seqs": args.seqs, "seq_len": args.seq_len, "keep_frac": last["keep_frac"],
+                     "tokens": last["tokens"],
                      "peak_mem_mb": last["peak_mem_mb"], "peak_vs_all": last["peak_mem_mb"] / base if base else None,
                      "process_peak_mb": last["mem_start_mb"] + last["peak_mem_mb"],
                      "step_s": last["step_s"], "first_step_peak_mb": recs[0]["peak_mem_mb"],
@@ -310,7 +311,7 @@ def main() -> None:
                 "threads": args.threads, "kernel_backend": args.backend, "malloc_mmap_threshold": args.mmap_threshold,
                 "recipe_overrides": args.set}
     save("distill_memory", "steps", [{k: v for k, v in r.items() if k != "phase_peaks_mb"} for r in rows],
-         key=("config",), about=ABOUT, settings=settings, out=args.out)
+         key=("config", "seqs", "seq_len"), about=ABOUT, settings=settings, out=args.out)
     phases = [{"config": r["config"], **r["phase_peaks_mb"]} for r in rows if r["phase_peaks_mb"]]
     if phases:
         save("distill_memory", "phases", phases, key=("config",), about=ABOUT_PHASES, settings=settings, out=args.out)
