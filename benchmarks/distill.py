@@ -243,40 +243,38 @@ def main() -> None:
     out = args.out or (runs / "results" if args.quick else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
     recipes = {n: recipe_for(n, args.quick, runs) for n in names}  # every recipe validates before any row runs
+    settings = {"quick": args.quick, "rows": names}
     rows = []
-    for n in names:
+    for n in names:  # each row is recorded as soon as it has run
         rows.append(run_row(n, recipes[n], runs, args.lock if str(args.lock) not in ("", ".") else None))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "curve"}), flush=True)
-    settings = {"quick": args.quick, "rows": names}
-    table = [{k: v for k, v in r.items() if k != "curve"} for r in rows]
-    save("distill", "rows", table, key=["row"], about=ABOUT, settings=settings, out=out)
-    curves = [{"row": r["row"], "step": s, "acc": a, "tokens": t} for r in rows for s, a, t in r["curve"]]
-    save("distill", "curves", curves, key=["row", "step"], show=False, settings=settings, out=out,
-         about="Validation accuracy and tokens per answer at every eval of every row (distill.png).",
-         plot=plot_curves(_all_curves(out, rows)))
+        save("distill", "rows", [{k: v for k, v in rows[-1].items() if k != "curve"}], key=["row"], about=ABOUT,
+             settings=settings, out=out)
+        save("distill", "curves", [{"row": n, "step": s, "acc": a, "tokens": t} for s, a, t in rows[-1]["curve"]],
+             key=["row", "step"], show=False, settings=settings, out=out,
+             about="Validation accuracy and tokens per answer at every eval of every row (distill.png).",
+             plot=lambda path: plot_curves(_all_curves(out))(path))  # the record on disk, this row merged
     sc = batch_scores(runs, args.quick)
-    n = len(sc["entropy"])
+    total = len(sc["entropy"])
     hi_h = [x >= sc["h"] for x in sc["entropy"]]
     hi_d = [y >= sc["d"] for y in sc["divergence"]]
     quads = {"Q1": (True, True), "Q2": (True, False), "Q3": (False, True), "Q4": (False, False)}
-    summary = {"tokens": n, **{q: sum((a, b) == hd for a, b in zip(hi_h, hi_d, strict=True)) / n
-                               for q, hd in quads.items()},
-               "entropy_top50_kept": sum(sc["entropy_top50"]) / n, "q3_kept": sum(sc["q3"]) / n}
+    summary = {"tokens": total, **{q: sum((a, b) == hd for a, b in zip(hi_h, hi_d, strict=True)) / total
+                                   for q, hd in quads.items()},
+               "entropy_top50_kept": sum(sc["entropy_top50"]) / total, "q3_kept": sum(sc["q3"]) / total}
     save("distill", "scatter", [summary], settings=settings, out=out, plot=plot_scatter(sc), plot_name="scatter",
          about="One batch of toy-student rollouts scored by the toy teacher (distill_scatter.png): share of "
                "tokens per quadrant (H >= 1 nat: Q1, Q2; JSD >= 0.05 nats: Q1, Q3) and kept by two selectors.")
 
 
-def _all_curves(out: Path, rows: list[dict]) -> list[dict]:
-    """The curves of every row in the record (rows run before keep theirs), this run's replacing them."""
+def _all_curves(out: Path) -> list[dict]:
+    """The curve of every row in the record."""
     from _common import load
 
     table = next((t for t in load("distill", out)["tables"] if t["name"] == "curves"), {"rows": []})
-    fresh = {r["row"] for r in rows}
-    by_row: dict[str, list] = {r["row"]: r["curve"] for r in rows}
+    by_row: dict[str, list] = {}
     for c in table["rows"]:
-        if c["row"] not in fresh:
-            by_row.setdefault(c["row"], []).append([c["step"], c["acc"], c["tokens"]])
+        by_row.setdefault(c["row"], []).append([c["step"], c["acc"], c["tokens"]])
     return [{"row": k, "curve": sorted(v)} for k, v in by_row.items()]
 
 
