@@ -63,6 +63,7 @@ ROWS: dict[str, Row] = {
     "paced_on": Row("paced.yaml", "PACED: G=4, w = p(1-p), w=0 prompts dropped"),
     "forward_then_reverse": Row("forward_then_reverse.yaml", "PACED forward KL, then PACED reverse KL"),
     "opsdc_teacher": Row("opsdc.yaml", "OPSDC on the teacher: itself + \"Be concise.\", forward KL"),
+    "opsdc_teacher_reverse": Row("opsdc.yaml", "OPSDC as above with the paper's reverse KL", ("loss.kind=reverse",)),
     "trl_gkd": Row("opd.yaml", "opd_all's recipe through TRL's GKDTrainer (lmbda 1, beta 0: forward KL)", trl=True),
 }
 TRL_PYTHON = ROOT / ".venv-trl" / "bin" / "python"
