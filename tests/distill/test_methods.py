@@ -168,3 +168,25 @@ def test_stages_run_back_to_back_with_a_checkpoint_at_each_boundary(pair, tmp_pa
     a, b = (load_file(str(p / "student" / "model.safetensors")) for p in (out, again))
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_equal_weights_give_the_unweighted_update(pair, tmp_path):
+    """The weighted loss path (per-token losses times weights, over the summed weights) against the fused
+    unweighted one: equal weights give the same step."""
+    import dataclasses
+
+    def step(out, weight):
+        d = Distiller(load_recipe(None, overrides(pair, out, "optim.grad_clip=null")))
+        source = d.source
+
+        class Weighted:
+            def get(self, idx, **kw):
+                return [dataclasses.replace(r, weight=weight) for r in source.get(idx, **kw)]
+
+        d.source = Weighted()
+        return d.train_step()["loss"], _grads(d)
+
+    (l1, g1), (l2, g2) = step(tmp_path / "one", 1.0), step(tmp_path / "w", 0.3)
+    assert l2 == pytest.approx(l1, rel=1e-6)
+    for k in g1:
+        torch.testing.assert_close(g2[k], g1[k], rtol=1e-5, atol=1e-8)
