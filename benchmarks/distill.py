@@ -208,6 +208,7 @@ def plot_scatter(s: dict):
         ax.axvline(s["h"], color="k", lw=0.8)
         ax.axhline(s["d"], color="k", lw=0.8)
         ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_ylim(bottom=0)
         for text, x, y in (("Q1", 0.98, 0.98), ("Q2", 0.98, 0.02), ("Q3", 0.02, 0.98), ("Q4", 0.02, 0.02)):
             ax.text(x, y, text, transform=ax.transAxes, ha="right" if x > 0.5 else "left",
                     va="top" if y > 0.5 else "bottom", fontsize=12)
