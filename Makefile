@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup envs test test-fast demo lint proto clean
+.PHONY: setup envs trl-env test test-fast demo lint proto clean
 
 # Main environment. torch is pinned to the CPU build lying on disk; torchvision/torchaudio are kept
 # out (PyPI's builds fail to import beside it and transformers imports them when present).
@@ -43,6 +43,19 @@ $(ONNX_ENV)/.installed: pyproject.toml constraints/onnx.txt
 	touch $@
 
 envs: $(VLLM_ENV)/.installed $(ONNX_ENV)/.installed
+
+# .venv-trl: TRL (GKDTrainer) for the trl_gkd row of benchmarks/distill.py only (not used by the tests);
+# it sees the main environment's packages through a .pth file and adds the pins of constraints/trl.txt.
+TRL_ENV := .venv-trl
+$(TRL_ENV)/.installed: $(VENV)/.installed constraints/trl.txt
+	test -x $(TRL_ENV)/bin/python || $(PY) -m venv $(TRL_ENV)
+	$(BIN)/python -c "import site; print(site.getsitepackages()[0])" > \
+	    "$$($(TRL_ENV)/bin/python -c 'import site; print(site.getsitepackages()[0])')/main-venv.pth"
+	$(TRL_ENV)/bin/python -m pip install -q -c constraints/trl.txt trl accelerate datasets
+	$(TRL_ENV)/bin/python -c "from trl.experimental.gkd import GKDTrainer; import torch; assert torch.__version__.startswith('2.13.0')"
+	touch $@
+
+trl-env: $(TRL_ENV)/.installed
 
 test: setup envs
 	$(BIN)/python -m pytest -q

@@ -15,13 +15,13 @@ so the record holds the latest figure of each measurement; the git history keeps
     kernels.py --device cpu|cuda                       kernels            cpu, cpu ratios, cuda, ...
     serve.py --workload prefix|latency [--engine ...]  serve              prefix, latency
     distill_memory.py [--configs ...] [--phases]       distill_memory     steps, phases
-    distill_accuracy.py [--configs ...] [--set ...]    distill_accuracy   opd
-    first_errors.py --students ...                     distill_accuracy   first errors
-    distill_q3_probe.py [--student ...]                distill_accuracy   probe
-    toy_student.py --out runs/NAME ...                 distill_accuracy   students
+    distill.py [--rows ...] [--quick]                  distill            rows, curves
+    first_errors.py --students ...                     distill            first errors
+    distill_q3_probe.py [--student ...]                distill            probe
+    toy_student.py --out runs/NAME ...                 distill            students
     toy.py [--from DIR]                                toy                builds
 
-distill_q3.md, beside distill_accuracy.md, is the hand-written study of Q3-only token selection.
+distill_q3.md, beside distill.md, is the hand-written study of Q3-only token selection (toy-v2).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ AREAS = {
     "kernels": "slimkit.kernels: memory and time of each backend",
     "serve": "Scorer throughput and latency",
     "distill_memory": "Distillation step memory vs token selection",
-    "distill_accuracy": "Toy-world distillation accuracy vs token selection",
+    "distill": "Toy-world distillation methods: the reproduction table",
     "toy": "Toy world builds",
 }
 NOTES = "<!-- notes: written by hand below this line, kept when a script rewrites this file -->"
@@ -87,14 +87,14 @@ def load(area: str, out: Path = RESULTS) -> dict:
 
 def save(area: str, table: str, rows: Sequence[dict], *, key: Sequence[str] = (), about: str = "",
          settings: dict | None = None, transpose: bool = False, show: bool = True,
-         plot: Callable[[Path], None] | None = None, out: Path = RESULTS) -> Path:
+         plot: Callable[[Path], None] | None = None, plot_name: str = "", out: Path = RESULTS) -> Path:
     """Merge `rows` into table `table` of the area and rewrite its JSON and Markdown (and PNG).
 
     Each row gets `run` = provenance(settings) unless it has one. An existing row whose `key` fields
     equal a new row's is replaced. `about`: a line or two under the table's title (what is measured,
     how). `transpose`: one column per row (records with many fields, e.g. a table of builds).
     `show=False`: the table stays in the JSON, the summary only counts its rows. `plot(path)` writes a
-    PNG to path (e.g. a matplotlib figure's savefig). `out`: another results directory (a scratch
+    PNG to path (e.g. a matplotlib figure's savefig), `<area>.png`, or `<area>_<plot_name>.png`. `out`: another results directory (a scratch
     record). Returns the Markdown's path."""
     record = load(area, out)
     run = provenance(settings)
@@ -106,11 +106,12 @@ def save(area: str, table: str, rows: Sequence[dict], *, key: Sequence[str] = ()
     ident = [tuple(r.get(k) for k in key) for r in new]
     old.update(about=about or old.get("about", ""), key=list(key), transpose=transpose, show=show,
                rows=[r for r in old["rows"] if tuple(r.get(k) for k in key) not in ident] + new)
-    write(record, out, plot)
+    write(record, out, plot, plot_name)
     return Path(out) / f"{area}.md"
 
 
-def write(record: dict, out: Path = RESULTS, plot: Callable[[Path], None] | None = None) -> None:
+def write(record: dict, out: Path = RESULTS, plot: Callable[[Path], None] | None = None,
+          plot_name: str = "") -> None:
     """Write a record's JSON, its Markdown (keeping the hand-written notes) and the PNG, atomically."""
     base = Path(out) / record["area"]
     md = base.with_suffix(".md")
@@ -122,7 +123,7 @@ def write(record: dict, out: Path = RESULTS, plot: Callable[[Path], None] | None
         tmp = base.with_name(f".{base.name}.tmp-{os.getpid()}.png")
         try:
             plot(tmp)
-            os.replace(tmp, base.with_suffix(".png"))
+            os.replace(tmp, base.with_name(f"{base.name}_{plot_name}" if plot_name else base.name).with_suffix(".png"))
         finally:
             tmp.unlink(missing_ok=True)
 

@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -56,12 +57,22 @@ VARIANTS = {
 ABOUT = ("Variant tags: " + "; ".join(f"{t} = {' '.join(o)}" for t, o in VARIANTS.items()) + ". peak_mem_mb "
          "(step peak) = peak RSS over the step minus RSS at its start; process_peak_mb = RSS at the step's start "
          "(Python, torch, both models, gradients, AdamW state) + step peak; peak_vs_all: against `all` with the "
-         "same tags. Values of the last measured step; first_step_peak_mb of the first.")
+         "same tags; process_vs_full_logits: process_peak_mb against the `full logits (TRL-style)` step's (the "
+         "same step computed as TRL's GKDTrainer does: full [tokens x vocab] logits of both models, log_softmax, "
+         "KL, backward; same models, batch and AdamW). Values of the last measured step; first_step_peak_mb of "
+         "the first.")
 ABOUT_PHASES = "Peak of each phase of one more (instrumented) step, MiB above the RSS at the step's start."
+
+
+# The same step written the way TRL's trainers compute it (GKDTrainer.compute_loss): full [tokens x vocab]
+# logits of student and teacher, log_softmax of both, the per-token KL, then backward and AdamW.
+FULL_LOGITS = "full logits (TRL-style)"
 
 
 def parse_config(name: str) -> tuple[str, list[str], list[str]]:
     """'entropy_top r=0.5 +ckpt' -> ('entropy_top r=0.5', ['+ckpt'], recipe overrides)."""
+    if name == FULL_LOGITS:
+        return name, [], []
     parts = name.split(" +")
     selector, tags = parts[0].strip(), ["+" + t.strip() for t in parts[1:]]
     if selector not in SELECTORS or any(t not in VARIANTS for t in tags):
@@ -122,7 +133,7 @@ def phase_probe(d) -> dict[str, float]:
         _reset_hwm()
 
     d.opt.zero_grad = zero_grad_then_base
-    wrap(trainer, "last_hidden", "teacher forward")
+    wrap(d.teacher_body, "forward", "teacher forward")
     wrap(d.model, "forward", "student body forward")
     wrap(trainer, "scores", "scoring (no grad)")
     # the step's own linear_kl (with gradients); scoring calls it too, under no_grad
@@ -133,6 +144,61 @@ def phase_probe(d) -> dict[str, float]:
     return peaks
 
 
+def full_logits_step(d, batch) -> float:
+    """One optimizer step of the Distiller's student computed as TRL does: reverse KL (the slimkit
+    configs' loss) over full-vocabulary log-probs, mean over the completion tokens. Returns the loss."""
+    import torch
+    import torch.nn.functional as F
+
+    ids, mask = batch.input_ids, batch.attention_mask
+    logits = d.student(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    with torch.no_grad():
+        teacher = d.teacher(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    s_lp, t_lp = F.log_softmax(logits, -1), F.log_softmax(teacher, -1)
+    kl = F.kl_div(t_lp, s_lp, reduction="none", log_target=True).sum(-1)  # KL(student || teacher)
+    loss = (kl * batch.target_mask).sum() / batch.target_mask.sum()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(d.params, 1.0)
+    d.opt.step()
+    d.opt.zero_grad(set_to_none=True)
+    return float(loss)
+
+
+def full_logits_worker(args, d) -> list[dict]:
+    """The measured steps of FULL_LOGITS (same models, batch, optimizer and memory probe as the others)."""
+    import time as _time
+
+    from slimkit.compress.distill.metrics import PeakMemory
+    from slimkit.compress.distill.rollouts import collate
+
+    for p in d.params:  # the plain gradient path: autograd allocates each .grad (no persistent buffers)
+        p.grad = None
+    d.student.get_input_embeddings().sparse = False
+    full_logits_step(d, collate(SyntheticSource(len(d.tok), 1, 32).rollouts, d.pad_id))
+    batch = collate(SyntheticSource(len(d.tok), args.seqs, args.seq_len).rollouts, d.pad_id)
+    recs = []
+    for i in range(args.steps):
+        t0 = _time.perf_counter()
+        with PeakMemory("cpu") as mem:
+            full_logits_step(d, batch)
+        n = int(batch.target_mask.sum())
+        recs.append({"step": i + 1, "peak_mem_mb": mem.peak_bytes / 2**20, "mem_start_mb": mem.start_bytes / 2**20,
+                     "step_s": _time.perf_counter() - t0, "tokens": n, "kept": n, "keep_frac": 1.0,
+                     "mem_method": mem.method})
+    return recs
+
+
+def check_free_memory(args) -> None:
+    """Refuse FULL_LOGITS where its [tokens x vocab] float32 tensors (about 7 alive at the peak) would not
+    fit in the free memory with a margin: on a shared machine an out-of-memory kill may hit another job."""
+    need = 7 * args.seqs * args.seq_len * args.vocab * 4 + 4 * 2**30
+    with open("/proc/meminfo") as f:
+        avail = next(int(x.split()[1]) * 1024 for x in f if x.startswith("MemAvailable:"))
+    if avail < 1.25 * need:
+        sys.exit(f"{FULL_LOGITS}: needs about {need / 2**30:.1f} GiB, {avail / 2**30:.1f} GiB available: "
+                 "not measured (run it where more memory is free, or with fewer --seqs / --seq-len)")
+
+
 def worker(args) -> None:
     import torch
 
@@ -141,11 +207,14 @@ def worker(args) -> None:
 
     torch.set_num_threads(args.threads)
     cfg = load_recipe(None, [
-        f"teacher={args.models}/teacher", f"student={args.models}/student", f"out={args.models}/run",
+        f"teacher={args.models}/teacher", f"student={args.models}/student", f"out={args.models}/run-{re.sub(r'[^A-Za-z0-9]+', '_', args.worker)}",
         "rollout.source=dataset", f"data.n={args.seqs}", f"train.prompts_per_step={args.seqs}",
         f"train.micro_batch={args.seqs}", f"train.steps={args.steps + 2}", "train.live_table=false",
         "eval.at_start=false", "loss.kind=reverse", *parse_config(args.worker)[2], *args.set])
     d = Distiller(cfg)
+    if args.worker == FULL_LOGITS:
+        print("RESULT " + json.dumps({"steps": full_logits_worker(args, d), "phases": None}))
+        return
     # a tiny first step allocates AdamW's state (and .grad), so the measured steps are steady-state ones
     d.source = SyntheticSource(len(d.tok), 1, 32)
     d.train_step()
@@ -204,6 +273,8 @@ def main() -> None:
         names = [n.strip() for n in args.configs.split(",")]
         for name in names:
             parse_config(name)
+        if FULL_LOGITS in names:
+            check_free_memory(args)
         for name in names:
             cmd = [sys.executable, __file__, "--worker", name, "--models", tmp] + [
                 f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
@@ -224,19 +295,23 @@ def main() -> None:
     for name, res in results.items():
         recs = res["steps"]
         last = recs[-1]
-        ref = " ".join(["all", *parse_config(name)[1]])
+        ref = " ".join(["all", *parse_config(name)[1]]) if name != FULL_LOGITS else "all"
         base = results[ref]["steps"][-1]["peak_mem_mb"] if ref in results else None
-        rows.append({"config": name, "keep_frac": last["keep_frac"], "tokens": last["tokens"],
+        rows.append({"config": name, "seqs": args.seqs, "seq_len": args.seq_len, "keep_frac": last["keep_frac"],
+                     "tokens": last["tokens"],
                      "peak_mem_mb": last["peak_mem_mb"], "peak_vs_all": last["peak_mem_mb"] / base if base else None,
                      "process_peak_mb": last["mem_start_mb"] + last["peak_mem_mb"],
                      "step_s": last["step_s"], "first_step_peak_mb": recs[0]["peak_mem_mb"],
                      "mem_method": last["mem_method"], "phase_peaks_mb": res["phases"]})
+    full = next((r["process_peak_mb"] for r in rows if r["config"] == FULL_LOGITS), None)
+    for r in rows:  # the saving a user feels: whole-process peak against the full-logits step's
+        r["process_vs_full_logits"] = r["process_peak_mb"] / full if full else None
     settings = {"shape": {k: getattr(args, k) for k in ("student_hidden", "teacher_hidden", "vocab", "layers", "seqs",
                                                          "seq_len")},
                 "threads": args.threads, "kernel_backend": args.backend, "malloc_mmap_threshold": args.mmap_threshold,
                 "recipe_overrides": args.set}
     save("distill_memory", "steps", [{k: v for k, v in r.items() if k != "phase_peaks_mb"} for r in rows],
-         key=("config",), about=ABOUT, settings=settings, out=args.out)
+         key=("config", "seqs", "seq_len"), about=ABOUT, settings=settings, out=args.out)
     phases = [{"config": r["config"], **r["phase_peaks_mb"]} for r in rows if r["phase_peaks_mb"]]
     if phases:
         save("distill_memory", "phases", phases, key=("config",), about=ABOUT_PHASES, settings=settings, out=args.out)

@@ -8,7 +8,7 @@ held-out training prompts, teacher-forced): mean and median entropy, gold-token 
     .venv/bin/python benchmarks/distill_q3_probe.py
     .venv/bin/python benchmarks/distill_q3_probe.py --student runs/toy-student-l4 --set optim.lr=3e-4
 
-Results: table "probe" of benchmarks/results/distill_accuracy.{json,md}.
+Results: table "probe" of benchmarks/results/distill.{json,md}.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def main() -> None:
             rows += [{"student": student, "selector": name, "settings": " ".join(args.set), **r} for r in curve]
             del d
 
-    save("distill_accuracy", "probe", rows, key=("student", "selector", "settings"), about=ABOUT_PROBE,
+    save("distill", "probe", rows, key=("student", "selector", "settings"), about=ABOUT_PROBE,
          settings={"recipe": args.recipe, "steps": args.steps, "threads": args.threads}, out=args.out)
     print(json.dumps(rows, indent=1))
 

@@ -9,7 +9,7 @@ If most first errors are uncertain (Q1), Q3-only distillation cannot reach most 
     .venv/bin/python benchmarks/first_errors.py                                   # the toy student
     .venv/bin/python benchmarks/first_errors.py --students toy:student,runs/toy-student-l4
 
-Results: table "first errors" of benchmarks/results/distill_accuracy.{json,md}.
+Results: table "first errors" of benchmarks/results/distill.{json,md}.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def main() -> None:
                      **{k: q.get(k, 0) for k in ("Q1", "Q3", "Q2", "Q4", "no disagreement")}})
         print(rows[-1], flush=True)
 
-    save("distill_accuracy", "first errors", rows, key=("student",), about=ABOUT_FIRST_ERRORS,
+    save("distill", "first errors", rows, key=("student",), about=ABOUT_FIRST_ERRORS,
          settings={"teacher": model_name(args.teacher), "entropy_threshold": args.entropy_threshold,
                    "divergence_threshold": args.divergence_threshold}, out=args.out)
     print(json.dumps(rows, indent=1))

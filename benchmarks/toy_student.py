@@ -7,7 +7,7 @@ on the student's capacity, e.g. Q3-only token selection (benchmarks/results/dist
 
     .venv/bin/python benchmarks/toy_student.py --layers 4 --intermediate 512 --out runs/toy-student-l4
 
-Results: the model in --out, and its row in table "students" of benchmarks/results/distill_accuracy.{json,md}.
+Results: the model in --out, and its row in table "students" of benchmarks/results/distill.{json,md}.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def main() -> None:
                            "levels": sorted(levels), "stop": args.stop}, metrics=metrics)
     row = {"student": model_name(args.out), "params_m": round(params / 1e6, 2), "shape": shape,
            "levels": args.levels, "stop": args.stop, "steps": stats["steps"], "arith_test_acc": acc["accuracy"]}
-    save("distill_accuracy", "students", [row], key=("student",), out=args.results,
+    save("distill", "students", [row], key=("student",), out=args.results,
          about="Toy students of other shapes or data, built by benchmarks/toy_student.py with the toy build's "
                "tokenizer, data, seed and schedule; arith test accuracy (greedy).")
     print(json.dumps(row))

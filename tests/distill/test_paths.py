@@ -15,7 +15,7 @@ from slimkit.compress.distill import load_recipe, train
 from slimkit.compress.distill.trainer import Distiller
 from slimkit.errors import SlimkitError
 
-RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"))
+RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").rglob("*.yaml"))
 
 
 def _examples_in_comments(path: Path) -> list[list[str]]:

@@ -106,3 +106,40 @@ def test_two_process_ddp_matches_one_process(pair, tmp_path):
     w1, w2 = _final(one), _final(two)
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_process_fsdp_matches_one_process_and_resumes(pair, tmp_path):
+    """FSDP2 (fully_shard) on 2 CPU processes (gloo): the loss curve and weights of one process on the same
+    global batch; a checkpoint of the sharded run resumes under FSDP to the same weights; the final
+    student is one ordinary HF directory."""
+    import shutil
+
+    run = ("train.steps=3", "train.micro_batch=2", "train.prompts_per_step=4", "optim.lr=1e-3",
+           "train.device=cpu", "train.checkpoint_every=1", "train.keep_checkpoints=5", "eval.n=4")
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run(_cmd(pair, one, *run), env=ENV, check=True, capture_output=True)
+
+    def fsdp(out, resume=False):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               *_cmd(pair, out, *run, "train.parallel=fsdp", resume=resume)[1:]]
+        p = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr[-3000:]
+
+    fsdp(two)
+    l1, l2 = _losses(one), _losses(two)
+    assert l1.keys() == l2.keys() == {1, 2, 3}
+    for s in l1:
+        assert l2[s] == pytest.approx(l1[s], rel=1e-5)
+    w1, w2 = _final(one), _final(two)
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=1e-5)
+    again = tmp_path / "again"
+    shutil.copytree(two, again)
+    shutil.rmtree(again / "student")
+    (again / "checkpoints" / "step-00000003.pt").unlink()
+    fsdp(again, resume=True)
+    w3 = _final(again)
+    for k in w2:
+        torch.testing.assert_close(w3[k], w2[k], rtol=0, atol=1e-7)

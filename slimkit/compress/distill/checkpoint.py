@@ -36,12 +36,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(ckpt_dir: Path, step: int, *, model: torch.nn.Module, optimizer, scheduler, recipe: dict,
+def save(ckpt_dir: Path, step: int, *, model: torch.nn.Module | dict, optimizer, scheduler, recipe: dict,
          keep: int = 2, extra: dict | None = None) -> Path:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = ckpt_dir / f"step-{step:08d}.pt"
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    torch.save({"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+    # model / optimizer: the objects, or their state dicts (FSDP gathers them first)
+    model, optimizer = (x if isinstance(x, dict) else x.state_dict() for x in (model, optimizer))
+    torch.save({"step": step, "model": model, "optimizer": optimizer,
                 "scheduler": scheduler.state_dict(), "recipe": recipe, "rng": rng_state(),
                 "extra": extra or {}}, tmp)
     os.replace(tmp, path)

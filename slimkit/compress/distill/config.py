@@ -14,13 +14,15 @@ Example (recipes/opd_toy.yaml)::
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from slimkit.recipe import StageConfig
 
 Quadrant = Literal["Q1", "Q2", "Q3", "Q4"]
+SELF = "self"  # teacher: self (OPSDC)
+DEFAULT_INSTRUCTION = "Be concise."
 
 
 class DataConfig(StageConfig):
@@ -30,6 +32,8 @@ class DataConfig(StageConfig):
     split: str = "train"
     n: int | None = Field(None, ge=1, description="use the first n examples (None: all)")
     path: str | None = Field(None, description="JSONL of {prompt, answer} instead of a task split")
+    where: dict[str, str | int] = Field(default_factory=dict, description=(
+        "keep only the examples whose meta has these values, e.g. {style: verbose} (arith)"))
 
 
 class RolloutConfig(StageConfig):
@@ -84,6 +88,16 @@ class SelectConfig(StageConfig):
         return self
 
 
+class WeightingConfig(StageConfig):
+    """Per-prompt loss weights. `paced` (PACED): p = the share of the prompt's rollout.samples student
+    rollouts that the task's verifier accepts, w(p) = p^alpha (1-p)^beta, normalised over the step's
+    prompts; prompts with w = 0 are dropped before the teacher runs."""
+
+    method: Literal["none", "paced"] = "none"
+    alpha: float = Field(1.0, ge=0.0)
+    beta: float = Field(1.0, ge=0.0)
+
+
 class OptimConfig(StageConfig):
     """AdamW with linear warmup and cosine decay."""
 
@@ -126,6 +140,9 @@ class TrainConfig(StageConfig):
         "run each student MLP over this many checkpointed blocks of token rows (TiledMLP, see "
         "slimkit/compress/distill/memory.py): the same result, with the [tokens, intermediate] activations "
         "of one block at a time, for one more MLP forward per step. 1: off"))
+    parallel: Literal["ddp", "fsdp"] = Field("ddp", description=(
+        "under torchrun: ddp replicates the student; fsdp shards student and frozen teacher across ranks "
+        "(FSDP2 fully_shard, slimkit/compress/distill/parallel.py)"))
     device: str = "auto"
     threads: int | None = Field(None, ge=1)
     checkpoint_every: int = Field(50, ge=0, description="0: only at the end and on SIGTERM")
@@ -143,8 +160,15 @@ class EvalConfig(StageConfig):
 
 
 class DistillConfig(StageConfig):
-    teacher: str
+    teacher: str = Field(description="a model dir, toy:NAME, or `self`: the student conditioned on "
+                                     "teacher_instruction (concise self-distillation, OPSDC)")
     student: str
+    self_teacher: Literal["frozen", "live"] | None = Field(None, description=(
+        "teacher: self: frozen = a copy of the student's initial weights (default), live = the current "
+        "weights without gradient"))
+    teacher_instruction: str | None = Field(None, description=(
+        "added to the prompt the teacher sees (the student sees the plain prompt); "
+        "default \"Be concise.\" for teacher: self, none otherwise"))
     out: str = "runs/distill"
     data: DataConfig = Field(default_factory=DataConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
@@ -153,6 +177,9 @@ class DistillConfig(StageConfig):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    weighting: WeightingConfig = Field(default_factory=WeightingConfig)
+    stages: list[StagePatch] = Field(default_factory=list, description=(
+        "run these partial recipes back to back on one model and optimizer (slimkit/compress/distill/stages.py)"))
 
     @model_validator(mode="after")
     def _check(self) -> DistillConfig:
@@ -172,7 +199,49 @@ class DistillConfig(StageConfig):
             raise ValueError(f"rollout.cache holds teacher rollouts; rollout.source={rollout.source} does not use it")
         if loss.teacher != "topk" and (loss.topk != LossConfig.model_fields["topk"].default or loss.topk_cache):
             raise ValueError("loss.topk / loss.topk_cache apply to loss.teacher=topk only")
+        self._check_teacher()
+        if self.train.parallel == "fsdp" and self.weighting.method != "none":
+            raise ValueError("train.parallel=fsdp runs every rank through the same micro-batches, which "
+                             "weighting.method=paced (ranks drop different rollouts) does not keep: use ddp")
+        if self.weighting.method == "paced":
+            if rollout.source != "student" or rollout.samples < 2:
+                raise ValueError("weighting.method=paced needs the student's pass rate over several rollouts: "
+                                 "rollout.source=student and rollout.samples >= 2")
+            if self.data.task is None:
+                raise ValueError("weighting.method=paced needs a task verifier: data.task, not data.path")
+        if self.stages:
+            from slimkit.compress.distill.stages import check_stages
+
+            check_stages(self)
         return self
+
+    def _check_teacher(self) -> None:
+        if self.teacher != SELF and self.self_teacher is not None:
+            raise ValueError(f"self_teacher applies to teacher: self only (teacher is {self.teacher!r})")
+        if self.instruction and (self.loss.teacher == "topk" or self.rollout.source == "teacher"):
+            raise ValueError("teacher_instruction conditions the live teacher on the student's sequences: "
+                             "it does not apply to loss.teacher=topk or rollout.source=teacher")
+
+    @property
+    def instruction(self) -> str:
+        """The teacher-only instruction in effect ("" when none)."""
+        if self.teacher_instruction is not None:
+            return self.teacher_instruction
+        return DEFAULT_INSTRUCTION if self.teacher == SELF else ""
+
+
+class StagePatch(StageConfig):
+    """One entry of `stages:`: its steps, optionally its lr, and partial sections merged over the
+    recipe's own (any key of loss, rollout, select, weighting)."""
+
+    name: str | None = None
+    steps: int = Field(ge=1)
+    lr: float | None = Field(None, gt=0.0)
+    loss: dict[str, Any] = Field(default_factory=dict)
+    rollout: dict[str, Any] = Field(default_factory=dict)
+    select: dict[str, Any] = Field(default_factory=dict)
+    weighting: dict[str, Any] = Field(default_factory=dict)
 
 
 SelectConfig.model_rebuild()
+DistillConfig.model_rebuild()

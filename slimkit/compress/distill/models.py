@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
 
 from slimkit import artifacts
 from slimkit.artifacts import DTYPES
-from slimkit.compress.distill.config import DataConfig
+from slimkit.compress.distill.config import SELF, DataConfig
 from slimkit.errors import SlimkitError
 
 
@@ -34,8 +35,19 @@ def check_vocab(student_tok, teacher_tok, student_vocab: int, teacher_vocab: int
             raise SlimkitError(f"{role} lm_head has {v} rows but the tokenizer has {n} tokens")
 
 
-def load_pair(teacher_path: str, student_path: str, *, teacher_dtype: str, device: torch.device):
-    """(teacher, student, tokenizer), checked: paths exist, one shared vocabulary (up to padding)."""
+def load_pair(teacher_path: str, student_path: str, *, teacher_dtype: str, device: torch.device,
+              self_teacher: str | None = None):
+    """(teacher, student, tokenizer, teacher dir, student dir), checked: paths exist, one shared vocabulary
+    (up to padding). teacher_path "self": the teacher is a frozen copy of the student's initial weights,
+    or (self_teacher "live") the student itself, which the trainer runs without gradient."""
+    if teacher_path == SELF:
+        sdir = model_path(student_path, "student")
+        student, stok = artifacts.load(sdir, dtype=torch.float32, device=str(device))
+        _check_no_bias("student", student, sdir)
+        teacher = student
+        if self_teacher != "live":
+            teacher = copy.deepcopy(student).to(DTYPES[teacher_dtype]).requires_grad_(False).eval()
+        return teacher, student, stok, sdir, sdir
     tdir, sdir = model_path(teacher_path, "teacher"), model_path(student_path, "student")
     from transformers import AutoConfig
 
@@ -45,14 +57,19 @@ def load_pair(teacher_path: str, student_path: str, *, teacher_dtype: str, devic
     teacher, _ = artifacts.load(tdir, dtype=DTYPES[teacher_dtype], device=str(device), with_tokenizer=False)
     student, _ = artifacts.load(sdir, dtype=torch.float32, device=str(device), with_tokenizer=False)
     for role, model, path in (("teacher", teacher, tdir), ("student", student, sdir)):
-        if getattr(model.get_output_embeddings(), "bias", None) is not None:
-            raise SlimkitError(f"{role} {path}: its lm_head has a bias, which distillation does not apply; "
-                               "use a model whose lm_head has none (Qwen, Llama, Mistral)")
+        _check_no_bias(role, model, path)
     teacher.requires_grad_(False).eval()
     return teacher, student, stok, tdir, sdir
 
 
+def _check_no_bias(role: str, model, path: Path) -> None:
+    if getattr(model.get_output_embeddings(), "bias", None) is not None:
+        raise SlimkitError(f"{role} {path}: its lm_head has a bias, which distillation does not apply; "
+                           "use a model whose lm_head has none (Qwen, Llama, Mistral)")
+
+
 def load_examples(cfg: DataConfig):
+    """The data's examples (first `n`, then those matching `where`); one clear error if none remain."""
     from slimkit.tasks import get_task, read_jsonl
 
     if cfg.path:
@@ -63,6 +80,8 @@ def load_examples(cfg: DataConfig):
         exs = exs[: cfg.n] if cfg.n else exs
     else:
         exs = get_task(cfg.task).split(cfg.split, cfg.n)
+    if cfg.where:
+        exs = [x for x in exs if all(x.meta.get(k) == v for k, v in cfg.where.items())]
     if not exs:
-        raise SlimkitError("the data has no examples")
+        raise SlimkitError("the data has no examples" + (f" with meta {cfg.where}" if cfg.where else ""))
     return exs

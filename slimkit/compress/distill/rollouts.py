@@ -28,6 +28,7 @@ class Rollout:
     completion_ids: list[int]
     example: int  # index into the data
     key: int = -1  # fixed sources: position in the source's flat list (top-k cache rows)
+    weight: float = 1.0  # loss weight of its tokens (weighting.py)
 
 
 @dataclass

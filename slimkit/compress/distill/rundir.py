@@ -2,7 +2,7 @@
 
 A run writes `slimkit.json` (stage "distill-run", so the directory is recognisably slimkit's),
 `metrics.jsonl`, `checkpoints/step-*.pt`, the final `student/`, and by default its teacher caches
-(`teacher_rollouts.jsonl`, `teacher_topk/`). Rules, checked before any model is loaded:
+(`teacher_rollouts.jsonl`, `teacher_topk/`; with `stages:`, one per stage: `teacher_rollouts.stage0.jsonl`). Rules, checked before any model is loaded:
 
 - a missing or empty `out`: a new run;
 - `out` holding a run: refused unless `--resume` (continue from its latest checkpoint) or

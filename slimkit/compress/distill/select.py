@@ -125,6 +125,11 @@ def quadrant_sums(s: Scores, keep: torch.Tensor, h: float | None = None,
     return out
 
 
+def empty_sums() -> dict[str, float]:
+    """Every key `quadrant_sums` returns, at 0."""
+    return quadrant_sums(Scores(torch.zeros(0), torch.zeros(0), 1), torch.zeros(0, dtype=torch.bool))
+
+
 def finish_quadrants(sums: dict[str, float]) -> dict[str, float]:
     """keep_frac, q*_frac (share of tokens), q*_kept (share of tokens kept there), q*_kl (mean D)."""
     n = sums.get("tokens", 0.0)

@@ -34,17 +34,23 @@ import torch
 import torch.distributed as dist
 
 from slimkit import artifacts, kernels
-from slimkit.compress.distill import checkpoint, rundir
+from slimkit.compress.distill import checkpoint, parallel, rundir, stages, weighting
 from slimkit.compress.distill.config import DistillConfig
-from slimkit.compress.distill.hidden import Body, last_hidden, supervised
+from slimkit.compress.distill.hidden import Body, supervised
 from slimkit.compress.distill.memory import tile_mlps
 from slimkit.compress.distill.metrics import LiveTable, MetricsLog, PeakMemory
 from slimkit.compress.distill.models import load_examples, load_pair
-from slimkit.compress.distill.rollouts import DatasetSource, StudentSource, TeacherSource, collate
-from slimkit.compress.distill.select import finish_quadrants, keep_mask, quadrant_sums, scores, thresholds
+from slimkit.compress.distill.rollouts import DatasetSource, Rollout, StudentSource, TeacherSource, collate
+from slimkit.compress.distill.select import (
+    empty_sums,
+    finish_quadrants,
+    keep_mask,
+    quadrant_sums,
+    scores,
+    thresholds,
+)
 from slimkit.errors import SlimkitError
 from slimkit.recipe import dump
-from slimkit.schedule import warmup_cosine
 
 
 @functools.lru_cache(maxsize=4)
@@ -60,6 +66,16 @@ def step_indices(step: int, n: int, per_step: int, seed: int) -> list[int]:
         epoch, k = divmod(pos, n)
         out.append(_permutation(seed, epoch, n)[k])
     return out
+
+
+def eval_groups(examples) -> dict[str, list[int]]:
+    """Example indices by group: "" (all), then "_level_L" and "_style_S" where the examples' meta has them."""
+    groups: dict[str, list[int]] = {"": list(range(len(examples)))}
+    for key in ("level", "style"):
+        for i, x in enumerate(examples):
+            if key in x.meta:
+                groups.setdefault(f"_{key}_{x.meta[key]}", []).append(i)
+    return dict(sorted(groups.items()))
 
 
 @dataclass
@@ -110,7 +126,10 @@ class Distiller:
     """Holds the models, data, optimizer and run directory of one distillation run."""
 
     def __init__(self, cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False):
-        self.cfg = cfg
+        # self.recipe: the whole recipe; self.cfg: the running stage's (the recipe itself without stages)
+        self.recipe = cfg
+        self.stage_cfgs = stages.stage_recipes(cfg)
+        self.cfg = self.stage_cfgs[0]
         self.env = _dist_env(cfg.train.device)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
@@ -136,7 +155,7 @@ class Distiller:
         # Everything a user can get wrong is checked before the first step.
         tdtype = cfg.train.teacher_dtype or cfg.train.dtype
         self.teacher, self.student, self.tok, self.teacher_dir, self.student_dir = load_pair(
-            cfg.teacher, cfg.student, teacher_dtype=tdtype, device=self.env.device)
+            cfg.teacher, cfg.student, teacher_dtype=tdtype, device=self.env.device, self_teacher=cfg.self_teacher)
         self.examples = load_examples(cfg.data)
         self.task = None
         if cfg.data.task:
@@ -146,9 +165,14 @@ class Distiller:
         from slimkit.tasks import format_prompt
 
         self.prompts = [format_prompt(self.tok, ex.prompt) for ex in self.examples]
+        # teacher_instruction: the teacher sees each prompt with it (OPSDC), the student the plain one
+        self.teacher_prompt_ids = ([self.tok(format_prompt(self.tok, f"{ex.prompt} {cfg.instruction}"),
+                                             add_special_tokens=False)["input_ids"] for ex in self.examples]
+                                   if cfg.instruction else None)
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
-        self.source = self._make_source()
-        self.topk = self._make_topk()
+        self.teacher_body: torch.nn.Module | None = None  # set below; sources built before it see it unset
+        self.stage = stages.stage_at(cfg, int(resume_state["step"]) if resume_state else 0)
+        self._enter_stage(self.stage)
 
         torch.manual_seed(cfg.train.seed)
         random.seed(cfg.train.seed)
@@ -165,7 +189,11 @@ class Distiller:
             self.student.get_input_embeddings().sparse = True
         self.persistent_grads = self.fuse_weight_grad or sparse_embedding
         self.model: torch.nn.Module = Body(self.student)
-        if self.env.ddp:
+        self.teacher_body = Body(self.teacher)  # with self_teacher live, the student itself, outside DDP
+        if self.env.ddp and cfg.train.parallel == "fsdp":  # shards of student and teacher (parallel.py)
+            self.model = parallel.shard(self.model)
+            self.teacher_body = self.model if self.teacher is self.student else parallel.shard(self.teacher_body)
+        elif self.env.ddp:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.model = DDP(self.model, device_ids=[self.env.device] if self.env.device.type == "cuda" else None)
@@ -179,8 +207,7 @@ class Distiller:
                 p.grad = torch.zeros_like(p)
         self.opt = torch.optim.AdamW(self.params, lr=optim.lr, betas=optim.betas,
                                      weight_decay=optim.weight_decay, fused=optim.fused or None)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, functools.partial(
-            warmup_cosine, warmup=optim.warmup_steps, total=cfg.train.steps, min_ratio=optim.min_lr_ratio))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, functools.partial(stages.lr_multiplier, cfg=cfg))
         self.step = 0
         if resume_state is not None:
             self._load(checkpoint.latest(self.ckpt_dir), resume_state)
@@ -189,6 +216,20 @@ class Distiller:
         self._stop_signal: str | None = None
 
     # ---------------------------------------------------------------- setup helpers
+    def _enter_stage(self, k: int) -> None:
+        """Run stage k from now on: its recipe, rollout source and top-k teacher."""
+        self.stage, self.cfg = k, self.stage_cfgs[k]
+        with parallel.full_weights(self.teacher_body):  # teacher rollouts and top-k caches generate with it
+            self.source = self._make_source()
+            self.topk = self._make_topk()
+
+    def _cache_path(self, given: str | None, name: str) -> Path:
+        """A teacher cache's path: as given, else OUT/name (one per stage when the recipe has stages)."""
+        if given:
+            return Path(given).expanduser()
+        stem, dot, ext = name.partition(".")
+        return self.out / (f"{stem}.stage{self.stage}{dot}{ext}" if self.recipe.stages else name)
+
     def _make_source(self):
         rollout = self.cfg.rollout
         if rollout.source == "student":
@@ -202,7 +243,7 @@ class Distiller:
 
             answers = [training_text(self.tok, ex)[1] for ex in self.examples]
             return DatasetSource(self.tok, self.prompts, answers)
-        cache = Path(rollout.cache).expanduser() if rollout.cache else self.out / "teacher_rollouts.jsonl"
+        cache = self._cache_path(rollout.cache, "teacher_rollouts.jsonl")
         make = functools.partial(TeacherSource, self.teacher, self.tok, self.prompts, rollout, cache,
                                  teacher_hash=artifacts.dir_hash(self.teacher_dir), seed=self.cfg.train.seed)
         return self.env.rank0_first(make)
@@ -213,7 +254,7 @@ class Distiller:
         from slimkit.compress.distill.topk import TopKCache
 
         loss = self.cfg.loss
-        path = Path(loss.topk_cache).expanduser() if loss.topk_cache else self.out / "teacher_topk"
+        path = self._cache_path(loss.topk_cache, "teacher_topk")
         make = functools.partial(TopKCache.build_or_load, path, self.teacher, self.source, k=loss.topk, vocab_size=len(self.tok),
                                  temperature=loss.temperature, pad_id=self.pad_id,
                                  teacher_hash=artifacts.dir_hash(self.teacher_dir))
@@ -221,8 +262,11 @@ class Distiller:
 
     def _load(self, path: Path, state: dict[str, Any]) -> None:
         try:
-            self.student.load_state_dict(state["model"])
-            self.opt.load_state_dict(state["optimizer"])
+            if parallel.is_sharded(self.model):
+                parallel.load_full_state(self.model, self.opt, state["model"], state["optimizer"])
+            else:
+                self.student.load_state_dict(state["model"])
+                self.opt.load_state_dict(state["optimizer"])
             self.sched.load_state_dict(state["scheduler"])
             checkpoint.set_rng_state(state["rng"])
             self.step = int(state["step"])
@@ -232,9 +276,12 @@ class Distiller:
                                f"{self.student_dir} ({first})") from None
 
     def save_checkpoint(self) -> None:
+        model, optim = self.student.state_dict(), self.opt.state_dict()
+        if parallel.is_sharded(self.model):  # gathered to rank 0 (every rank takes part)
+            model, optim = parallel.full_state(self.model, self.opt)
         if self.env.rank == 0:
-            checkpoint.save(self.ckpt_dir, self.step, model=self.student, optimizer=self.opt,
-                            scheduler=self.sched, recipe=dump(self.cfg), keep=self.cfg.train.keep_checkpoints,
+            checkpoint.save(self.ckpt_dir, self.step, model=model, optimizer=optim,
+                            scheduler=self.sched, recipe=dump(self.recipe), keep=self.cfg.train.keep_checkpoints,
                             extra={"data_position": self.step * self.cfg.train.prompts_per_step})
         if self.env.ddp:
             dist.barrier()
@@ -247,10 +294,14 @@ class Distiller:
         """The teacher at the micro-batch's supervised positions: cached top-k, or live hidden states."""
         if self.topk is not None:
             return self.topk.rows(part, self.env.device)
+        if self.teacher_prompt_ids is not None:  # the same completions after the teacher's own prompts
+            batch = collate([Rollout(self.teacher_prompt_ids[r.example], r.completion_ids, r.example) for r in part],
+                            self.pad_id, self.env.device)
         blocks = batch.split(self.cfg.train.teacher_micro_batch or batch.input_ids.shape[0])
         with torch.no_grad():
-            th = torch.cat([supervised(last_hidden(self.teacher, b), b) for b in blocks])
-        return kernels.LiveTeacher(th, self.teacher.get_output_embeddings().weight)
+            th = torch.cat([supervised(self.teacher_body(b.input_ids, b.attention_mask), b) for b in blocks])
+        # detached: with self_teacher live this is the student's own lm_head
+        return kernels.LiveTeacher(th, self.teacher.get_output_embeddings().weight.detach())
 
     def _micro_step(self, part, micro: int, sums: dict[str, float]) -> None:
         cfg = self.cfg
@@ -258,11 +309,11 @@ class Distiller:
         # teacher: hidden states at the supervised positions (no grad), or its cached top-k rows
         teacher = self._teacher_rows(batch, part)
         # student body -> hidden states at the supervised positions (with grad)
-        w = self.student.get_output_embeddings().weight
         autocast = (torch.autocast(self.env.device.type, dtype=torch.bfloat16)
                     if cfg.train.dtype == "bfloat16" else contextlib.nullcontext())
         with autocast:
             hidden = self.model(batch.input_ids, batch.attention_mask)
+        w = self.student.get_output_embeddings().weight  # after the forward: under FSDP, the gathered weight
         h = supervised(hidden, batch).to(w.dtype)
         # token scores (no grad) and selection (TIP): the lm_head then runs with gradients on the kept rows
         keep = torch.ones(h.shape[0], dtype=torch.bool, device=h.device)
@@ -277,9 +328,20 @@ class Distiller:
             sums["tokens"] += h.shape[0]
             sums["kept"] += h.shape[0]
         rows = None if bool(keep.all()) else keep.nonzero().squeeze(1)
-        # summed loss over the kept tokens, backward (train_step scales the gradients by 1 / kept tokens)
+        # per-token loss weights (weighting.py): each token carries its rollout's weight
+        weights = None
+        if any(r.weight != 1.0 for r in part):
+            seq_w = torch.tensor([r.weight for r in part], dtype=h.dtype, device=h.device)
+            weights = seq_w.repeat_interleave(batch.target_mask.sum(1))
+            weights = weights if rows is None else weights[rows]
+        sums["norm"] += float(weights.sum()) if weights is not None else float(keep.sum())
+        # summed (weighted) loss over the kept tokens, backward (train_step scales the gradients by 1 / norm)
         if rows is not None and rows.numel() == 0 or h.shape[0] == 0:
             loss = (h.sum() + w.sum()) * 0.0  # nothing kept: an empty backward keeps DDP ranks in step
+        elif weights is not None:
+            loss = (kernels.linear_kl(h, w, teacher, kind=cfg.loss.kind, beta=cfg.loss.beta,
+                                      temperature=cfg.loss.temperature, rows=rows, reduction="none",
+                                      vocab_size=len(self.tok)).loss * weights).sum()
         else:
             # fused: d loss / d w goes into w.grad in the kernel's forward, so the raw sum is
             # backpropagated with gradient 1, as the kernel requires
@@ -297,15 +359,22 @@ class Distiller:
         t0 = time.perf_counter()
         idx = step_indices(self.step, len(self.examples), cfg.train.prompts_per_step, cfg.train.seed)
         idx = idx[env.rank :: env.world]
-        rollouts = self.source.get(idx, model=self.student, seed=self._seed(self.step, env.rank, -1), step=self.step)
+        with parallel.full_weights(self.model if cfg.rollout.source == "student" else None):
+            rollouts = self.source.get(idx, model=self.student, seed=self._seed(self.step, env.rank, -1), step=self.step)
+        extra: dict[str, Any] = {"stage": self.stage} if self.recipe.stages else {}
+        if cfg.weighting.method == "paced":  # before the teacher runs: prompts with weight 0 are dropped
+            rollouts, stats = weighting.weigh(cfg.weighting, rollouts, self._verify, env.sum, keep_one=env.ddp)
+            extra.update(stats)
         t1 = time.perf_counter()
         self.opt.zero_grad(set_to_none=not self.persistent_grads)
-        sums: dict[str, float] = defaultdict(float)
+        # every rank sums the same keys (DDP all-reduces them as one list)
+        sums: dict[str, float] = defaultdict(float, empty_sums(), norm=0.0, loss_sum=0.0, sequences=0.0,
+                                                 completion_tokens=0.0)
         with PeakMemory(env.device) as mem:
             micro = [rollouts[i : i + cfg.train.micro_batch] for i in range(0, len(rollouts), cfg.train.micro_batch)]
             for j, part in enumerate(micro):
                 last = j == len(micro) - 1
-                no_sync = self.model.no_sync() if env.ddp and not last else contextlib.nullcontext()
+                no_sync = self.model.no_sync() if hasattr(self.model, "no_sync") and not last else contextlib.nullcontext()
                 with no_sync:
                     self._micro_step(part, j, sums)
             keys = sorted(sums)
@@ -314,15 +383,16 @@ class Distiller:
             # A step whose selection kept no token carries no supervision: the weights stay as they are.
             # (An AdamW step on zero gradients would still move them by its momentum, for many steps.)
             # Every rank sees the same total, so DDP ranks skip together. The schedule still advances.
-            skipped = totals["kept"] == 0
+            skipped = totals["norm"] == 0
             grad_norm = 0.0
             if skipped:
                 with warnings.catch_warnings():  # PyTorch warns if this precedes every optimizer step
                     warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
                     self.sched.step()
             else:
-                # DDP averages gradients over ranks: scale so the result is sum(grad) / kept tokens of the step.
-                scale = env.world / totals["kept"]
+                # DDP averages gradients over ranks: scale so the result is sum(grad) / (weighted) kept
+                # tokens of the step.
+                scale = env.world / totals["norm"]
                 for p in self.params:
                     if p.grad is not None:
                         p.grad.mul_(scale)
@@ -331,7 +401,7 @@ class Distiller:
                 self.opt.step()
                 self.sched.step()
         self.step += 1
-        record = {"step": self.step, "loss": totals["loss_sum"] / max(totals["kept"], 1.0), "lr": lr,
+        record = {"step": self.step, "loss": totals["loss_sum"] / (totals["norm"] or 1.0), "lr": lr,
                   "grad_norm": grad_norm, "tokens": int(totals["tokens"]), "kept": int(totals["kept"]),
                   "skipped_update": skipped,
                   "completion_len": totals["completion_tokens"] / max(totals["sequences"], 1.0),
@@ -339,7 +409,12 @@ class Distiller:
                   "mem_method": mem.method,
                   "rollout_s": t1 - t0, "step_s": time.perf_counter() - t0, "world": env.world}
         record.update(finish_quadrants(totals))
+        record.update(extra)
         return record
+
+    def _verify(self, example: int, completion_ids: list[int]) -> bool:
+        """The task's verifier on a completion of example `example`."""
+        return bool(self.task.verify(self.examples[example], self.tok.decode(completion_ids, skip_special_tokens=True)))
 
     # ---------------------------------------------------------------- eval
     @torch.no_grad()
@@ -349,15 +424,28 @@ class Distiller:
         from slimkit.tasks import format_prompt
         from slimkit.tasks.generate import generate
 
-        exs = self.task.split(self.cfg.eval.split, self.cfg.eval.n)[self.env.rank :: self.env.world]
+        every = self.task.split(self.cfg.eval.split, self.cfg.eval.n)
+        exs = every[self.env.rank :: self.env.world]
         self.student.eval()
-        outs = generate(self.student, self.tok, [format_prompt(self.tok, x.prompt) for x in exs],
-                        max_new_tokens=self.cfg.eval.max_new_tokens or self.cfg.rollout.max_new_tokens, temperature=0.0,
-                        batch_size=self.cfg.rollout.batch_size)
+        with parallel.full_weights(self.model):
+            outs = generate(self.student, self.tok, [format_prompt(self.tok, x.prompt) for x in exs],
+                            max_new_tokens=self.cfg.eval.max_new_tokens or self.recipe.rollout.max_new_tokens,
+                            temperature=0.0, batch_size=self.cfg.rollout.batch_size)
         self.student.train()
-        correct = sum(bool(self.task.verify(x, o[0].text)) for x, o in zip(exs, outs, strict=True))
-        correct, total = self.env.sum([float(correct), float(len(exs))])
-        return {"eval_acc": correct / max(total, 1.0), "eval_n": int(total)}
+        # accuracy and generated tokens per answer, overall and per level / style (names from every rank's data)
+        ok = [bool(self.task.verify(x, o[0].text)) for x, o in zip(exs, outs, strict=True)]
+        ntok = [len(o[0].token_ids) for o in outs]
+        names = eval_groups(every)
+        mine = eval_groups(exs)
+        flat = self.env.sum([float(x) for n in names for i in [mine.get(n, [])]
+                             for x in (sum(ok[j] for j in i), sum(ntok[j] for j in i), len(i))])
+        out: dict[str, float] = {}
+        for k, n in enumerate(names):
+            correct, tokens, total = flat[3 * k : 3 * k + 3]
+            out[f"eval_acc{n}"] = correct / max(total, 1.0)
+            out[f"eval_tokens{n}"] = tokens / max(total, 1.0)
+        out["eval_n"] = int(flat[2])
+        return out
 
     # ---------------------------------------------------------------- the run
     def _on_signal(self, signum, _frame) -> None:
@@ -377,7 +465,7 @@ class Distiller:
         return last, start
 
     def run(self) -> dict[str, Any]:
-        cfg = self.cfg
+        cfg = self.recipe
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)
         history, start_eval = self._logged_history()
@@ -395,8 +483,11 @@ class Distiller:
                     table.add(record)
                 history = record
                 stop = self.env.sum([1.0 if self._stop_signal else 0.0])[0] > 0
-                if stop or (cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0):
+                boundary = self.step in stages.ends(cfg)[:-1]
+                if stop or boundary or (cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0):
                     self.save_checkpoint()
+                if boundary and not stop:
+                    self._enter_stage(self.stage + 1)
                 if stop:
                     return {"stopped": True, "step": self.step, "checkpoint": str(checkpoint.latest(self.ckpt_dir))}
         final_eval = self.evaluate()
@@ -407,9 +498,15 @@ class Distiller:
             metrics["start_eval_acc"] = start_eval["eval_acc"]
         self.save_checkpoint()
         out = self.out / rundir.STUDENT
+        student = self.student
+        if parallel.is_sharded(self.model):  # one ordinary HF directory: the gathered weights in a plain copy
+            full, _ = parallel.full_state(self.model, self.opt)
+            if self.env.rank == 0:
+                student, _ = artifacts.load(self.student_dir, dtype=torch.float32, with_tokenizer=False)
+                student.load_state_dict(full)
         if self.env.rank == 0:  # the run dir was checked at the start: a student there is this run's own
-            artifacts.save(self.student, self.tok, out, stage="distill", parent=self.student_dir,
-                           recipe=dump(cfg), metrics=metrics, teacher=str(self.teacher_dir), overwrite=True)
+            artifacts.save(student, self.tok, out, stage="distill", parent=self.student_dir,
+                           recipe=dump(self.recipe), metrics=metrics, teacher=str(self.teacher_dir), overwrite=True)
         if self.env.ddp:
             dist.barrier()
         return {"stopped": False, "step": self.step, "student": str(out), "metrics": metrics}
