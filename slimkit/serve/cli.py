@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import typer
 
+from slimkit.errors import SlimkitError
 from slimkit.serve import ENGINES
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="markdown")
@@ -24,6 +25,10 @@ def serve_cmd(
     template: str = typer.Option(None, help="user-prompt template with {query} and {item} (default: jobs)"),
     template_item_first: str = typer.Option(None, help="with --template: its item-first variant"),
     no_chat: bool = typer.Option(False, "--no-chat", help="do not wrap the template in the chat template"),
+    compress_items: float = typer.Option(None, help="compress each item to this fraction of its tokens before "
+                                         "scoring, in (0, 1] (0.25 = 4x)"),
+    compressor: str = typer.Option(None, help="with --compress-items: a compressor dir (a causal LM or a "
+                                   "trained classifier; default: the served model)"),
 ) -> None:
     """Serve a model over gRPC (slimkit.v1.Scorer: Score, LogProbs, ModelInfo; health; reflection).
 
@@ -42,5 +47,12 @@ def serve_cmd(
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     tpl = PromptTemplate.from_options(template, template_item_first, chat=not no_chat)
+    if compressor is not None and compress_items is None:
+        raise SlimkitError("--compressor needs --compress-items RATE")
+    compression = None
+    if compress_items is not None:
+        from slimkit.serve.compression import ItemCompression
+
+        compression = ItemCompression.load(compressor or model_dir, compress_items)
     serve(model_dir, engine=engine, host=host, port=port, template=tpl, workers=workers,
-          port_file=port_file, dtype=dtype, device=device, max_batch=max_batch)
+          port_file=port_file, dtype=dtype, device=device, max_batch=max_batch, compression=compression)

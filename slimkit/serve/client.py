@@ -40,6 +40,7 @@ class ScoreResult:
     shared_tokens: int
     item_tokens: list[int]
     engine_seconds: float
+    tokens_saved: int = 0                # item tokens the server's compression removed (--compress-items)
 
 
 @dataclass
@@ -70,7 +71,8 @@ def _score_request(query: str, items: list[str], labels: list[str] | list[int] |
 
 def _score_result(r: pb.ScoreResponse) -> ScoreResult:
     return ScoreResult([s.score for s in r.scores], [list(s.label_logprobs) for s in r.scores],
-                       list(r.label_token_ids), r.shared_tokens, list(r.item_tokens), r.engine_seconds)
+                       list(r.label_token_ids), r.shared_tokens, list(r.item_tokens), r.engine_seconds,
+                       r.tokens_saved)
 
 
 def _tlp(t: pb.TokenLogProb) -> TokenLogProb:

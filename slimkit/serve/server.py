@@ -58,9 +58,9 @@ def _answer(handler):
 
 
 class ScorerService(pb_grpc.ScorerServicer):
-    def __init__(self, engine: Engine, template: PromptTemplate | None = None) -> None:
+    def __init__(self, engine: Engine, template: PromptTemplate | None = None, compression=None) -> None:
         self.engine = engine
-        self.requests = Requests(engine, template)        # checks the configuration once, here
+        self.requests = Requests(engine, template, compression)   # checks the configuration once, here
         self.template = self.requests.template
         self.tok = engine.tokenizer
         self._lock = threading.Lock()
@@ -78,7 +78,7 @@ class ScorerService(pb_grpc.ScorerServicer):
                     for s, row in zip(scores, label_lp, strict=True)],
             label_token_ids=job.label_ids, normalization=request.normalization or pb.LABELS,
             shared_tokens=len(job.shared_ids), item_tokens=[len(i) for i in job.item_ids],
-            engine_seconds=seconds)
+            engine_seconds=seconds, tokens_saved=job.tokens_saved)
 
     @_answer
     def LogProbs(self, request: pb.LogProbsRequest, context: grpc.ServicerContext) -> pb.LogProbsResponse:
@@ -131,11 +131,11 @@ def check_address(address: str) -> None:
 
 
 def make_server(engine: Engine, address: str = "127.0.0.1:0", *, template: PromptTemplate | None = None,
-                workers: int = 8) -> tuple[grpc.Server, int]:
+                workers: int = 8, compression=None) -> tuple[grpc.Server, int]:
     """Create and start a server for `engine` on `address` ("host:port"; port 0 picks a free one).
     Returns (server, port). Stop it with `server.stop(grace)`."""
     check_address(address)
-    service = ScorerService(engine, template)
+    service = ScorerService(engine, template, compression)
     # so_reuseport off: a second server on a port in use is an error, not a silent share of the port.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scorer"),
                          options=[("grpc.max_receive_message_length", MAX_MESSAGE),
@@ -165,7 +165,7 @@ def _is_port_file(path: Path) -> bool:
 
 def serve(model_dir: str, *, engine: str = "torch", host: str = "127.0.0.1", port: int = 50051,
           template: PromptTemplate | None = None, workers: int = 8, port_file: str | None = None,
-          **engine_options) -> None:
+          compression=None, **engine_options) -> None:
     """Load the engine, serve until SIGINT/SIGTERM, then drain for up to 5 s and release the engine.
     `port_file` receives the bound port; an existing one is replaced only if it holds just a port
     number (an earlier server's), never a user's file."""
@@ -178,7 +178,7 @@ def serve(model_dir: str, *, engine: str = "torch", host: str = "127.0.0.1", por
     if port_file:
         artifacts.check_target(port_file, overwrite=True, is_own=_is_port_file)
     eng = load_engine(engine, model_dir, **engine_options)
-    server, bound = make_server(eng, address, template=template, workers=workers)
+    server, bound = make_server(eng, address, template=template, workers=workers, compression=compression)
     if port_file:
         artifacts.atomic_write_text(port_file, str(bound), overwrite=True, is_own=_is_port_file)
     log.warning("slimkit scorer: %s (engine %s, %s) on %s:%d", model_dir, eng.name, eng.dtype, host, bound)

@@ -43,20 +43,22 @@ class ItemScore(_message.Message):
     def __init__(self, score: _Optional[float] = ..., label_logprobs: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("scores", "label_token_ids", "normalization", "shared_tokens", "item_tokens", "engine_seconds")
+    __slots__ = ("scores", "label_token_ids", "normalization", "shared_tokens", "item_tokens", "engine_seconds", "tokens_saved")
     SCORES_FIELD_NUMBER: _ClassVar[int]
     LABEL_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     NORMALIZATION_FIELD_NUMBER: _ClassVar[int]
     SHARED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ITEM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ENGINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_SAVED_FIELD_NUMBER: _ClassVar[int]
     scores: _containers.RepeatedCompositeFieldContainer[ItemScore]
     label_token_ids: _containers.RepeatedScalarFieldContainer[int]
     normalization: Normalization
     shared_tokens: int
     item_tokens: _containers.RepeatedScalarFieldContainer[int]
     engine_seconds: float
-    def __init__(self, scores: _Optional[_Iterable[_Union[ItemScore, _Mapping]]] = ..., label_token_ids: _Optional[_Iterable[int]] = ..., normalization: _Optional[_Union[Normalization, str]] = ..., shared_tokens: _Optional[int] = ..., item_tokens: _Optional[_Iterable[int]] = ..., engine_seconds: _Optional[float] = ...) -> None: ...
+    tokens_saved: int
+    def __init__(self, scores: _Optional[_Iterable[_Union[ItemScore, _Mapping]]] = ..., label_token_ids: _Optional[_Iterable[int]] = ..., normalization: _Optional[_Union[Normalization, str]] = ..., shared_tokens: _Optional[int] = ..., item_tokens: _Optional[_Iterable[int]] = ..., engine_seconds: _Optional[float] = ..., tokens_saved: _Optional[int] = ...) -> None: ...
 
 class LogProbsRequest(_message.Message):
     __slots__ = ("prompt", "continuation", "top_k")

@@ -1,0 +1,40 @@
+"""Compression of a Score request's items before they are scored (`slimkit serve --compress-items RATE
+[--compressor DIR]`).
+
+This module is the one place where `serve` imports from `compress`: it loads a compressor through the
+small `slimkit.compress.context` API (`load`, `compress`), as DESIGN.md allows. The request's query
+makes the compression question-aware (its terms are never dropped). Tokens saved are counted with the
+engine's tokenizer, on the items as sent and as scored.
+"""
+
+from __future__ import annotations
+
+from slimkit.compress import context  # the one allowed crossing from serve into compress (see above)
+from slimkit.errors import RequestError
+
+
+class ItemCompression:
+    def __init__(self, compressor: context.ContextCompressor, rate: float) -> None:
+        context.check_rate(rate, None)
+        self.compressor, self.rate = compressor, rate
+
+    @classmethod
+    def load(cls, path: str, rate: float) -> ItemCompression:
+        """A compressor from a model dir (a causal LM: surprisal; a trained classifier)."""
+        context.check_rate(rate, None)
+        return cls(context.load(path), rate)
+
+    def __call__(self, tokenizer, query: str, items: list[str]) -> tuple[list[str], int]:
+        """(the items to score, tokens saved); items without any text are left as they are (the
+        request checks report them)."""
+        todo = [i for i, item in enumerate(items) if item.strip()]
+        try:
+            out = self.compressor.compress([items[i] for i in todo], rate=self.rate, query=query or None)
+        except context.ContextError as e:
+            raise RequestError(f"cannot compress the items: {e}") from None
+        short = list(items)
+        for i, c in zip(todo, out, strict=True):
+            short[i] = c.text
+        saved = sum(len(tokenizer.encode(items[i], add_special_tokens=False)) -
+                    len(tokenizer.encode(short[i], add_special_tokens=False)) for i in todo)
+        return short, saved
