@@ -31,7 +31,8 @@ from slimkit.compress.context.words import (
     split_words,
 )
 
-__all__ = ["BASELINES", "Compressed", "ContextCompressor", "ContextError", "Protection", "check_rate", "load"]
+__all__ = ["BASELINES", "Compressed", "ContextCompressor", "ContextError", "Protection", "TokenCounter", "check_rate", "load",
+           "split_words"]
 BASELINES = ("head", "random")
 
 
