@@ -76,7 +76,6 @@ def train_cmd(
     teacher: str = typer.Option("toy:teacher", help="the model whose judgement labels the words"),
     n: int = typer.Option(200, min=2, help="jobs train pairs to label (with --data: the file's)"),
     data: str = typer.Option(None, help="JSONL of {\"query\", \"text\"} pairs instead of the jobs task"),
-    keep_fraction: float = typer.Option(0.25, help="fraction of each text's words labelled keep"),
     steps: int = typer.Option(400, min=1, help="training steps"),
     hidden: int = typer.Option(64, min=8, help="encoder width"),
     layers: int = typer.Option(2, min=1, help="encoder layers"),
@@ -95,6 +94,6 @@ def train_cmd(
 
     from slimkit.compress.context.train import train_classifier
 
-    metrics = train_classifier(teacher, out, n=n, data=data, keep_fraction=keep_fraction, steps=steps,
+    metrics = train_classifier(teacher, out, n=n, data=data, steps=steps,
                                hidden=hidden, layers=layers, seed=seed, overwrite=overwrite)
     Console(stderr=True).print(f"classifier saved to {out}: {metrics}")

@@ -2,12 +2,13 @@
 
 Stages, in call order:
 1. `teacher_labels`: for each (query, text) pair, the teacher's score (logit of the first label minus
-   the second's, after the scoring template) with each word left out in turn; the words whose removal
-   moves the score most (the top `keep_fraction` of the text's words) are labelled keep, the rest drop.
-2. `make_rows`: token ids and token labels (a token is keep where any word it overlaps is), each pair
-   once with the query before the text and once without, so that one model serves both modes.
-3. `fit`: a tiny bidirectional encoder (BERT, a few hundred thousand parameters) with a token
-   classification head, trained with cross-entropy on the text's tokens.
+   the second's, after the scoring template) with each word left out in turn; a word's label is how
+   far its removal moves the score, over the most any word of the text moves it (in [0, 1]: the words
+   whose removal moves the score least are the ones to drop first).
+2. `make_rows`: token ids and token labels (a token takes the highest label of the words it overlaps),
+   each pair once with the query before the text and once without, so that one model serves both modes.
+3. `fit`: a tiny bidirectional encoder (BERT, a few hundred thousand parameters) with a keep/drop token
+   classification head, trained with cross-entropy against the soft labels (P(keep) = label).
 4. `train_classifier`: the whole command; writes an ordinary model directory (config, safetensors,
    tokenizer, slimkit.json with the held-out token accuracy) atomically.
 """
@@ -25,10 +26,10 @@ from slimkit.compress.context.words import ContextError, join, split_words
 STAGE = "context-compressor"
 
 
-def teacher_labels(model, tokenizer, pairs: Sequence[tuple[str, str]], *, template: str, keep_fraction: float,
+def teacher_labels(model, tokenizer, pairs: Sequence[tuple[str, str]], *, template: str,
                    labels: Sequence[str] = ("yes", "no"), batch_size: int = 64,
-                   on_progress: Callable[[int], None] | None = None) -> list[list[int]]:
-    """Per word of each pair's text: 1 (keep) or 0 (drop), from leave-one-word-out teacher scores."""
+                   on_progress: Callable[[int], None] | None = None) -> list[list[float]]:
+    """Per word of each pair's text: its keep label in [0, 1], from leave-one-word-out teacher scores."""
     from slimkit.tasks import format_prompt
     from slimkit.tasks.eval import label_token_ids
     from slimkit.tasks.generate import next_token_logprobs
@@ -42,31 +43,30 @@ def teacher_labels(model, tokenizer, pairs: Sequence[tuple[str, str]], *, templa
         lp = next_token_logprobs(model, tokenizer, prompts, ids, batch_size=batch_size)
         score = (lp[:, 0] - lp[:, 1]).tolist()
         moved = [abs(score[0] - s) for s in score[1:]]
-        n_keep = max(1, round(keep_fraction * len(spans)))
-        keep = set(sorted(range(len(spans)), key=lambda i: (-moved[i], i))[:n_keep])
-        out.append([int(i in keep) for i in range(len(spans))])
+        top = max(moved) or 1.0
+        out.append([round(m / top, 4) for m in moved])
         if on_progress is not None:
             on_progress(1)
     return out
 
 
-def make_rows(tokenizer, pairs: Sequence[tuple[str, str]], word_labels: Sequence[Sequence[int]], *,
-              sep: int, max_len: int) -> list[tuple[list[int], list[int], list[int]]]:
-    """(input ids, token type ids, token labels with -100 where not trained) per pair, with and without
+def make_rows(tokenizer, pairs: Sequence[tuple[str, str]], word_labels: Sequence[Sequence[float]], *,
+              sep: int, max_len: int) -> list[tuple[list[int], list[int], list[float]]]:
+    """(input ids, token type ids, token labels with -1 where not trained) per pair, with and without
     the query."""
     rows = []
     for (query, text), labels in zip(pairs, word_labels, strict=True):
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         spans = split_words(text)
-        # A token is keep where any word it overlaps is keep (to_words in reverse: words -> tokens).
-        tok_labels = [int(to_words([o], spans, labels)[0] > 0) for o in enc["offset_mapping"]]
+        # A token takes the highest label of the words it overlaps (to_words in reverse: words -> tokens).
+        tok_labels = [to_words([o], spans, labels)[0] for o in enc["offset_mapping"]]
         ids = enc["input_ids"][:max_len]
         tok_labels = tok_labels[:max_len]
         rows.append((ids, [1] * len(ids), tok_labels))
         prefix = (tokenizer.encode(query, add_special_tokens=False) + [sep])[: max_len // 2]
         room = max_len - len(prefix)
         rows.append((prefix + ids[:room], [0] * len(prefix) + [1] * len(ids[:room]),
-                     [-100] * len(prefix) + tok_labels[:room]))
+                     [-1.0] * len(prefix) + tok_labels[:room]))
     return rows
 
 
@@ -76,7 +76,7 @@ def _batch(rows, pad: int):
     width = max(len(r[0]) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     types = torch.zeros((len(rows), width), dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    labels = torch.full((len(rows), width), -1.0)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, (a, t, y) in enumerate(rows):
         ids[i, :len(a)], types[i, :len(a)], labels[i, :len(a)], mask[i, :len(a)] = (
@@ -103,7 +103,10 @@ def fit(rows, *, vocab_size: int, pad: int, hidden: int = 64, layers: int = 2, s
     model.train()
     for _ in range(steps):
         ids, types, mask, labels = _batch(rng.sample(rows, min(batch_size, len(rows))), pad)
-        loss = model(input_ids=ids, token_type_ids=types, attention_mask=mask, labels=labels).loss
+        logp = torch.log_softmax(model(input_ids=ids, token_type_ids=types, attention_mask=mask).logits, dim=-1)
+        seen = labels >= 0
+        y = labels[seen]
+        loss = -(y * logp[..., 1][seen] + (1 - y) * logp[..., 0][seen]).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -114,7 +117,7 @@ def fit(rows, *, vocab_size: int, pad: int, hidden: int = 64, layers: int = 2, s
 
 
 def accuracy(model, rows, pad: int) -> float:
-    """Token accuracy of the keep/drop predictions on `rows`."""
+    """Token accuracy of the keep/drop decisions (P(keep) >= 0.5 against label >= 0.5) on `rows`."""
     import torch
 
     right = total = 0
@@ -122,8 +125,8 @@ def accuracy(model, rows, pad: int) -> float:
         ids, types, mask, labels = _batch(rows[b:b + 64], pad)
         with torch.inference_mode():
             pred = model(input_ids=ids, token_type_ids=types, attention_mask=mask).logits.argmax(-1)
-        seen = labels != -100
-        right += int((pred[seen] == labels[seen]).sum())
+        seen = labels >= 0
+        right += int((pred[seen] == (labels[seen] >= 0.5)).sum())
         total += int(seen.sum())
     return right / max(1, total)
 
@@ -161,20 +164,18 @@ def jobs_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
     return [(ex.meta["query"], ex.meta["posting"]) for ex in get_task("jobs").split("train", n)]
 
 
-def train_classifier(teacher: str, out: str | Path, *, n: int = 200, data: str | None = None,
-                     keep_fraction: float = 0.25, steps: int = 400, hidden: int = 64, layers: int = 2,
+def train_classifier(teacher: str, out: str | Path, *, n: int = 200, data: str | None = None, steps: int = 400, hidden: int = 64, layers: int = 2,
                      template: str | None = None, seed: int = 0, overwrite: bool = False,
                      progress: bool = True) -> dict[str, Any]:
     """`slimkit compress-context train`: label with `teacher`, fit the classifier, write `out`."""
     import contextlib
+    import json
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from slimkit import artifacts
     from slimkit.tasks.jobs import TEMPLATE
 
-    if not 0 < keep_fraction < 1:
-        raise ContextError(f"keep fraction must be in (0, 1), got {keep_fraction}")
     if n < 2 or steps < 1:
         raise ContextError("need n >= 2 pairs and steps >= 1")
     artifacts.check_target(out, overwrite=overwrite)
@@ -190,18 +191,19 @@ def train_classifier(teacher: str, out: str | Path, *, n: int = 200, data: str |
             tid = bar.add_task(what, total=total)
             return lambda k: bar.advance(tid, k)
 
-        labels = teacher_labels(model, tok, pairs, template=template or TEMPLATE, keep_fraction=keep_fraction,
-                                on_progress=ticker("teacher labels", len(pairs)))
+        labels = teacher_labels(model, tok, pairs, template=template or TEMPLATE, on_progress=ticker("teacher labels", len(pairs)))
         rows = make_rows(tok, pairs, labels, sep=sep, max_len=512)
         held = max(2, len(rows) // 10) // 2 * 2            # whole pairs (two rows each) held out
         classifier = fit(rows[held:], vocab_size=len(tok), pad=tok.pad_token_id, hidden=hidden, layers=layers,
                          steps=steps, seed=seed, on_progress=ticker("fit classifier", steps))
     metrics = {"heldout_token_accuracy": accuracy(classifier, rows[:held], tok.pad_token_id),
-               "heldout_keep_rate": sum(y == 1 for r in rows[:held] for y in r[2]) /
-               max(1, sum(y != -100 for r in rows[:held] for y in r[2])),
+               "heldout_keep_rate": sum(y >= 0.5 for r in rows[:held] for y in r[2]) /
+               max(1, sum(y >= 0 for r in rows[:held] for y in r[2])),
                "pairs": len(pairs), "params": sum(p.numel() for p in classifier.parameters())}
-    recipe = {"teacher": str(teacher), "n": len(pairs), "data": data, "keep_fraction": keep_fraction,
-              "steps": steps, "hidden": hidden, "layers": layers, "seed": seed}
+    recipe = {"teacher": str(teacher), "n": len(pairs), "data": data, "steps": steps, "hidden": hidden, "layers": layers, "seed": seed}
+    # The teacher's labels go with the model (labels.jsonl: each pair's words and their labels).
+    record = "".join(json.dumps({"query": q, "words": [t[a:b] for a, b in split_words(t)], "labels": y}) + "\n"
+                     for (q, t), y in zip(pairs, labels, strict=True))
     artifacts.save(classifier, tok, out, stage=STAGE, parent=teacher, recipe=recipe, metrics=metrics,
-                   overwrite=overwrite)
+                   extra_files={"labels.jsonl": record}, overwrite=overwrite)
     return metrics
