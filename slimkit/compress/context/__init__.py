@@ -75,8 +75,8 @@ class ContextCompressor:
         encoded = list(zip(enc["input_ids"], enc["offset_mapping"], strict=True))
         scores = self.scorer.word_scores(texts, spans, list(queries), encoded)
         out = []
-        for text, sp, sc, q, (_, offsets) in zip(texts, spans, scores, queries, encoded, strict=True):
-            sel = select(text, sp, sc, self.protection.mask(text, sp, q), self.count, offsets, rate=rate,
+        for text, sp, sc, q, (ids, _) in zip(texts, spans, scores, queries, encoded, strict=True):
+            sel = select(text, sp, sc, self.protection.mask(text, sp, q), self.count, len(ids), rate=rate,
                          budget=budget)
             out.append(Compressed(sel.text, sel.tokens_in, sel.tokens_out, sel.target))
         return out

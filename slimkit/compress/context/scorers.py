@@ -50,6 +50,15 @@ class _ModelScorer:
         self._torch = torch
 
     def prefix(self, query: str | None) -> list[int]:
+        """The ids before a text's own (cached per query: a request's items share theirs)."""
+        cache = self.__dict__.setdefault("_prefixes", {})
+        if query not in cache:
+            if len(cache) > 10_000:
+                cache.clear()
+            cache[query] = self.make_prefix(query)
+        return cache[query]
+
+    def make_prefix(self, query: str | None) -> list[int]:
         raise NotImplementedError
 
     def score_rows(self, rows: list[tuple[list[int], list[int]]]) -> list[list[float]]:
@@ -96,7 +105,7 @@ class _ModelScorer:
 class SurprisalScorer(_ModelScorer):
     kind = "surprisal"
 
-    def prefix(self, query: str | None) -> list[int]:
+    def make_prefix(self, query: str | None) -> list[int]:
         ids = [self.sep] if self.sep is not None else []
         if query:
             ids += self.tokenizer.encode(query + "\n", add_special_tokens=False)
@@ -132,7 +141,7 @@ class ClassifierScorer(_ModelScorer):
     kind = "classifier"
     batch_size = 64
 
-    def prefix(self, query: str | None) -> list[int]:
+    def make_prefix(self, query: str | None) -> list[int]:
         if not query:
             return []
         return self.tokenizer.encode(query, add_special_tokens=False) + [self.sep]

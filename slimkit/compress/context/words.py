@@ -10,7 +10,7 @@ so BPE merges across kept words are accounted for, not estimated.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from slimkit.errors import SlimkitError
@@ -94,10 +94,13 @@ class Protection:
         qwords = set()
         if query and self.query_terms:
             qwords = {w for w in map(normalize, query.split()) if w and w not in STOPWORDS}
+        digits = self.numbers and bool(_DIGIT.search(text))
+        if not (digits or qwords or hits):
+            return keep
         for i, (s, e) in enumerate(spans):
             word = text[s:e]
-            keep[i] = ((self.numbers and bool(_DIGIT.search(word))) or normalize(word) in qwords
-                       or any(hs < e and s < he for hs, he in hits))
+            keep[i] = ((digits and bool(_DIGIT.search(word))) or (bool(qwords) and normalize(word) in qwords)
+                       or (bool(hits) and any(hs < e and s < he for hs, he in hits)))
         return keep
 
 
@@ -143,6 +146,16 @@ class TokenCounter:
             total += n
         return total
 
+    def word(self, word: str) -> int:
+        """Tokens of `word` on its own after a space (cached): a word's cost when its neighbours are dropped."""
+        n = self.words.get(word) if hasattr(self, "words") else None
+        if n is None:
+            self.__dict__.setdefault("words", {})
+            if len(self.words) > self.LIMIT:
+                self.words.clear()
+            n = self.words[word] = self(" " + word)
+        return n
+
 
 @dataclass
 class Selection:
@@ -157,29 +170,11 @@ class Selection:
 FILL_TRIES = 8
 
 
-def word_costs(spans: Sequence[tuple[int, int]], offsets: Sequence[tuple[int, int]]) -> list[float]:
-    """Each word's share of the input's tokens (a token spanning k words gives each 1/k): where to
-    start the search for the budget."""
-    costs = [0.0] * len(spans)
-    w = 0
-    for s, e in offsets:
-        while w < len(spans) and spans[w][1] <= s:
-            w += 1
-        hit = [j for j in range(w, len(spans)) if spans[j][0] < e] if w < len(spans) else []
-        hit = [j for j in hit if spans[j][1] > s]
-        for j in hit:
-            costs[j] += 1.0 / len(hit)
-    return costs
-
-
 def select(text: str, spans: Sequence[tuple[int, int]], scores: Sequence[float], protected: Sequence[bool],
-           count: Callable[[str], int], offsets: Sequence[tuple[int, int]], *, rate: float | None = None,
-           budget: int | None = None) -> Selection:
+           count: TokenCounter, n_in: int, *, rate: float | None = None, budget: int | None = None) -> Selection:
     """Keep the protected words and then the best-scored ones, as many as fit the token budget
-    (`rate` x the input's tokens, rounded, at least 1; or `budget`), counted by `count` on the output.
-    `offsets`: the input's token character spans (their number is the input's token count). The
-    output exceeds the budget only where the protected words alone do."""
-    n_in = len(offsets)
+    (`rate` x the input's `n_in` tokens, rounded, at least 1; or `budget`), counted by `count` on the
+    output. The output exceeds the budget only where the protected words alone do."""
     target = budget if budget is not None else max(1, round(rate * n_in))
     if n_in <= target:
         return Selection(text, n_in, n_in, target, list(range(len(spans))))
@@ -194,10 +189,10 @@ def select(text: str, spans: Sequence[tuple[int, int]], scores: Sequence[float],
             counted[k] = (out, count(out) if out else 0)
         return counted[k][1]
 
-    # Start where the words' shares of the input's tokens reach the budget, then gallop to a bracket
-    # [fits, does not fit] and bisect it: the largest prefix of the ranking that fits (counts grow with
-    # k up to BPE merges).
-    costs, total, k = word_costs(spans, offsets), 0.0, n_protected
+    # Start where the words' own costs reach the budget, then gallop to a bracket [fits, does not fit]
+    # and bisect it: the largest prefix of the ranking that fits (counts grow with k up to BPE merges).
+    costs = [count.word(text[s:e]) for s, e in spans]
+    total, k = 0.0, n_protected
     for j, i in enumerate(order):
         total += costs[i]
         if j >= n_protected and total > target:
@@ -228,6 +223,8 @@ def select(text: str, spans: Sequence[tuple[int, int]], scores: Sequence[float],
     for i in order[lo + 1:lo + 1 + FILL_TRIES]:
         if best_n >= target:
             break
+        if costs[i] > target - best_n + 1:          # cannot fit, whatever it merges with
+            continue
         trial = sorted([*kept, i])
         out = join(text, spans, trial)
         n = count(out)
