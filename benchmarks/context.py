@@ -14,7 +14,8 @@ those words first: what keeping the right words can reach with this teacher.
 rate: the achieved fraction of tokens kept, and the share of postings within 5% of the requested rate
 or on the integer token budget closest to it (postings are ~35 tokens: at 10x the budget is 3-4 tokens).
 speed: compressor items/s (in process), and scoring items/s of a gRPC server in this process, full vs
-compressing each request's items (compressor included), one query x 32 postings per request.
+compressing each request's items (`--compress-items`, compressor included), one query x 32 postings
+per request.
 """
 
 from __future__ import annotations
@@ -115,10 +116,11 @@ def speed_part(args, tok) -> tuple[list[dict], list[dict]]:
     # One query x 32 postings per request, as a search engine re-ranks candidates.
     requests = [(exs[i].meta["query"], postings[i:i + 32]) for i in range(0, len(postings) - 31, 32)]
     engine = TorchEngine(args.teacher, max_batch=64)
-    servers = {("full", None, 1.0): make_server(engine, "127.0.0.1:0")}
-    for name, comp in comps.items():
-        for rate in RATES:
-            servers[(name, True, rate)] = make_server(engine, "127.0.0.1:0", compression=ItemCompression(comp, rate))
+    servers = {("full", False, 1.0): make_server(engine, "127.0.0.1:0")}
+    settings = [(name, False, rate) for name in comps for rate in RATES] + [("classifier", True, 0.25)]
+    for name, query, rate in settings:
+        servers[(name, query, rate)] = make_server(engine, "127.0.0.1:0",
+                                                   compression=ItemCompression(comps[name], rate, with_query=query))
     times: dict = {k: [] for k in servers}
     saved: dict = {}
     torch.set_num_threads(args.threads)
@@ -131,7 +133,7 @@ def speed_part(args, tok) -> tuple[list[dict], list[dict]]:
     for server, _ in servers.values():
         server.stop(0).wait()
     n_items = sum(len(items) for _, items in requests)
-    base = statistics.median(times[("full", None, 1.0)])
+    base = statistics.median(times[("full", False, 1.0)])
     score_rows = []
     for (name, query, rate), ts in times.items():
         med = statistics.median(ts)
@@ -206,7 +208,8 @@ def main() -> None:
              about="Compressor items/s in process (toy postings, rate 0.25, batch of all postings).", out=args.out)
         save("context", "scoring speed", score_rows, key=("method", "query", "rate"), settings=settings,
              about="Scoring items/s of the teacher behind a gRPC server in this process (1 query x 32 postings "
-                   "per request, --compress-items with each compressor, question-aware; compressor included), "
+                   "per request, --compress-items RATE with each compressor, `query`: --compress-with-query; "
+                   "compressor included), "
                    "median of interleaved repeats; speedup against full postings in the same process.",
              out=args.out)
 

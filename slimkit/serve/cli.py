@@ -29,6 +29,8 @@ def serve_cmd(
                                          "scoring, in (0, 1] (0.25 = 4x)"),
     compressor: str = typer.Option(None, help="with --compress-items: a compressor dir (a causal LM or a "
                                    "trained classifier; default: the served model)"),
+    compress_with_query: bool = typer.Option(False, "--compress-with-query", help="with --compress-items: "
+                                             "question-aware compression (keeps the query's terms)"),
 ) -> None:
     """Serve a model over gRPC (slimkit.v1.Scorer: Score, LogProbs, ModelInfo; health; reflection).
 
@@ -47,12 +49,12 @@ def serve_cmd(
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     tpl = PromptTemplate.from_options(template, template_item_first, chat=not no_chat)
-    if compressor is not None and compress_items is None:
-        raise SlimkitError("--compressor needs --compress-items RATE")
+    if (compressor is not None or compress_with_query) and compress_items is None:
+        raise SlimkitError("--compressor and --compress-with-query need --compress-items RATE")
     compression = None
     if compress_items is not None:
         from slimkit.serve.compression import ItemCompression
 
-        compression = ItemCompression.load(compressor or model_dir, compress_items)
+        compression = ItemCompression.load(compressor or model_dir, compress_items, with_query=compress_with_query)
     serve(model_dir, engine=engine, host=host, port=port, template=tpl, workers=workers,
           port_file=port_file, dtype=dtype, device=device, max_batch=max_batch, compression=compression)

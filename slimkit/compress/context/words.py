@@ -166,7 +166,8 @@ class Selection:
     kept: list[int]                      # indices of the kept words
 
 
-# After the search, this many further candidates are tried one by one to fill the budget exactly.
+# After the search, up to this many further candidates (those whose own cost could fit) are counted
+# one by one to fill the budget exactly.
 FILL_TRIES = 8
 
 
@@ -220,11 +221,13 @@ def select(text: str, spans: Sequence[tuple[int, int]], scores: Sequence[float],
     best_text, best_n = counted[lo] if lo in counted else (join(text, spans, sorted(order[:lo])), measure(lo))
     kept = sorted(order[:lo])
     # Fill what is left of the budget with the next words of the ranking that still fit.
-    for i in order[lo + 1:lo + 1 + FILL_TRIES]:
-        if best_n >= target:
+    tries = 0
+    for i in order[lo + 1:]:
+        if best_n >= target or tries >= FILL_TRIES:
             break
         if costs[i] > target - best_n + 1:          # cannot fit, whatever it merges with
             continue
+        tries += 1
         trial = sorted([*kept, i])
         out = join(text, spans, trial)
         n = count(out)
