@@ -25,7 +25,7 @@ import statistics
 import time
 from pathlib import Path
 
-from _common import RESULTS, model_name, save
+from _common import RESULTS, model_name, provenance, save
 
 from slimkit import artifacts
 from slimkit.compress import context
@@ -203,7 +203,8 @@ def main() -> None:
                    "the requested rate or on the integer budget nearest to it; `within_5pct`: within 5% only.",
              out=args.out)
     else:
-        comp_rows, score_rows = speed_part(args, tok)
+        run = provenance(settings)                      # one run for both tables (the first save dirties the tree)
+        comp_rows, score_rows = [[{**r, "run": run} for r in rows] for rows in speed_part(args, tok)]
         save("context", "compressor speed", comp_rows, key=("method", "query", "rate"), settings=settings,
              about="Compressor items/s in process (toy postings, rate 0.25, batch of all postings).", out=args.out)
         save("context", "scoring speed", score_rows, key=("method", "query", "rate"), settings=settings,
