@@ -19,6 +19,7 @@ class ItemCompression:
     def __init__(self, compressor: context.ContextCompressor, rate: float, *, with_query: bool = False) -> None:
         context.check_rate(rate, None)
         self.compressor, self.rate, self.with_query = compressor, rate, with_query
+        self._same: tuple[object, bool] | None = None     # (engine tokenizer, same as the compressor's?)
 
     @classmethod
     def load(cls, path: str, rate: float, *, with_query: bool = False) -> ItemCompression:
@@ -38,6 +39,17 @@ class ItemCompression:
         short = list(items)
         for i, c in zip(todo, out, strict=True):
             short[i] = c.text
+        if self._same_tokenizer(tokenizer):           # the compressor's counts are the engine's
+            return short, sum(c.tokens_in - c.tokens_out for c in out)
         saved = sum(len(tokenizer.encode(items[i], add_special_tokens=False)) -
                     len(tokenizer.encode(short[i], add_special_tokens=False)) for i in todo)
         return short, saved
+
+    def _same_tokenizer(self, tokenizer) -> bool:
+        if self._same is None or self._same[0] is not tokenizer:
+            def spec(tok):
+                backend = getattr(tok, "backend_tokenizer", None)
+                return backend.to_str() if backend is not None else None
+            mine = spec(self.compressor.tokenizer)
+            self._same = (tokenizer, mine is not None and mine == spec(tokenizer))
+        return self._same[1]

@@ -128,7 +128,8 @@ class TokenCounter:
         backend = getattr(tokenizer, "backend_tokenizer", None)
         self.backend = backend if backend is not None and backend.pre_tokenizer is not None else None
         self.added = [t.content for t in backend.get_added_tokens_decoder().values()] if self.backend else []
-        self.cache: dict[str, int] = {}
+        self.cache: dict[str, int] = {}             # pre-tokenized piece -> tokens
+        self.words: dict[str, int] = {}             # word -> tokens of " word"
 
     def __call__(self, text: str) -> int:
         b = self.backend
@@ -148,9 +149,8 @@ class TokenCounter:
 
     def word(self, word: str) -> int:
         """Tokens of `word` on its own after a space (cached): a word's cost when its neighbours are dropped."""
-        n = self.words.get(word) if hasattr(self, "words") else None
+        n = self.words.get(word)
         if n is None:
-            self.__dict__.setdefault("words", {})
             if len(self.words) > self.LIMIT:
                 self.words.clear()
             n = self.words[word] = self(" " + word)
@@ -200,12 +200,12 @@ def select(text: str, spans: Sequence[tuple[int, int]], scores: Sequence[float],
             break
         k = max(k, j + 1)
     if measure(n_protected) > target:
-        k = lo = hi = n_protected
+        lo = hi = n_protected
     elif measure(k) <= target:
         lo, step = k, 1
         while lo + step <= len(order) and measure(lo + step) <= target:
             lo, step = lo + step, step * 2
-        hi = min(len(order), lo + step) - 1 if lo + step <= len(order) else len(order)
+        hi = lo + step - 1 if lo + step <= len(order) else len(order)
     else:
         hi, step, c = k - 1, 1, k - 1
         while c > n_protected and measure(c) > target:
@@ -218,7 +218,8 @@ def select(text: str, spans: Sequence[tuple[int, int]], scores: Sequence[float],
             lo = mid
         else:
             hi = mid - 1
-    best_text, best_n = counted[lo] if lo in counted else (join(text, spans, sorted(order[:lo])), measure(lo))
+    measure(lo)
+    best_text, best_n = counted[lo]
     kept = sorted(order[:lo])
     # Fill what is left of the budget with the next words of the ranking that still fit.
     tries = 0
