@@ -13,7 +13,7 @@ export PYTHONUNBUFFERED := 1
 $(VENV)/.installed: pyproject.toml constraints/main.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(PIP) -c constraints/main.txt setuptools wheel
-	$(PIP) -c constraints/main.txt --no-build-isolation -e '.[dev,triton]'
+	$(PIP) -c constraints/main.txt --no-build-isolation -e '.[dev,triton,ray]'
 	-$(BIN)/python -m pip uninstall -q -y torchvision torchaudio 2>/dev/null
 	$(BIN)/python -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') and not torch.version.cuda else 'refusing: torch ' + v + ' is not the CPU build 2.13.0')"
 	touch $@

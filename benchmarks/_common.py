@@ -20,6 +20,7 @@ so the record holds the latest figure of each measurement; the git history keeps
     distill_q3_probe.py [--student ...]                distill            probe
     toy_student.py --out runs/NAME ...                 distill            students
     toy.py [--from DIR]                                toy                builds
+    context.py --classifier DIR --part auc|speed       context            auc, compressor speed, scoring speed
 
 distill_q3.md, beside distill.md, is the hand-written study of Q3-only token selection (toy-v2).
 """
@@ -46,6 +47,7 @@ AREAS = {
     "distill_memory": "Distillation step memory vs token selection",
     "distill": "Toy-world distillation methods: the reproduction table",
     "toy": "Toy world builds",
+    "context": "Context compression: jobs AUC and speed vs compression rate",
 }
 NOTES = "<!-- notes: written by hand below this line, kept when a script rewrites this file -->"
 

@@ -8,6 +8,7 @@ import sys
 import typer
 from rich.console import Console
 
+from slimkit.compress.context.cli import app as context_app
 from slimkit.errors import SlimkitError
 from slimkit.serve.cli import serve_cmd
 
@@ -161,6 +162,7 @@ def distill_cmd(
 
 
 app.command("serve")(serve_cmd)
+app.add_typer(context_app, name="compress-context")
 
 
 @app.command("score")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import typer
 
+from slimkit.errors import SlimkitError
 from slimkit.serve import ENGINES
 from slimkit.serve.options import Limits, SchedulerConfig, ServerOptions
 
@@ -60,6 +61,12 @@ def serve_cmd(
     metrics_host: str = typer.Option("127.0.0.1", rich_help_panel=_SEC, help="address of the metrics port"),
     drain_seconds: float = typer.Option(30.0, min=0, rich_help_panel=_SEC,
                                         help="on SIGTERM: how long to answer accepted requests before stopping"),
+    compress_items: float = typer.Option(None, help="compress each item to this fraction of its tokens before "
+                                         "scoring, in (0, 1] (0.25 = 4x)"),
+    compressor: str = typer.Option(None, help="with --compress-items: a compressor dir (a causal LM or a "
+                                   "trained classifier; default: the served model)"),
+    compress_with_query: bool = typer.Option(False, "--compress-with-query", help="with --compress-items: "
+                                             "question-aware compression (keeps the query's terms)"),
 ) -> None:
     """Serve a model over gRPC (slimkit.v1.Scorer: Score, LogProbs, ModelInfo; health; reflection).
 
@@ -80,12 +87,19 @@ def serve_cmd(
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     tpl = PromptTemplate.from_options(template, template_item_first, chat=not no_chat)
+    if (compressor is not None or compress_with_query) and compress_items is None:
+        raise SlimkitError("--compressor and --compress-with-query need --compress-items RATE")
+    compression = None
+    if compress_items is not None:
+        from slimkit.serve.compression import ItemCompression
+
+        compression = ItemCompression.load(compressor or model_dir, compress_items, with_query=compress_with_query)
     options = ServerOptions(
         limits=Limits(max_items, max_item_tokens, max_query_tokens, max_message_bytes, max_top_k),
         scheduler=SchedulerConfig(max_batch_tokens, max_batch_requests, max_queue_delay_ms / 1000,
                                   max_queue_requests, max_queue_tokens),
         workers=workers, tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
         auth_token=read_token(auth_token_file), allow_insecure=allow_insecure, reuse_port=reuse_port,
-        metrics_port=metrics_port, metrics_host=metrics_host)
+        metrics_port=metrics_port, metrics_host=metrics_host, compression=compression)
     serve(model_dir, engine=engine, host=host, port=port, template=tpl, options=options, port_file=port_file,
           drain_seconds=drain_seconds, dtype=dtype, device=device, max_batch=max_batch)

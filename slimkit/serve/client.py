@@ -52,6 +52,7 @@ class ScoreResult:
     prefill_seconds: float = 0.0
     scoring_seconds: float = 0.0
     batch_requests: int = 1
+    tokens_saved: int = 0                # item tokens the server's compression removed (--compress-items)
 
 
 @dataclass
@@ -83,7 +84,8 @@ def _score_request(query: str, items: list[str], labels: list[str] | list[int] |
 def _score_result(r: pb.ScoreResponse) -> ScoreResult:
     return ScoreResult([s.score for s in r.scores], [list(s.label_logprobs) for s in r.scores],
                        list(r.label_token_ids), r.shared_tokens, list(r.item_tokens), r.engine_seconds,
-                       r.queue_seconds, r.prefill_seconds, r.scoring_seconds, r.batch_requests)
+                       r.queue_seconds, r.prefill_seconds, r.scoring_seconds, r.batch_requests,
+                       r.tokens_saved)
 
 
 def _tlp(t: pb.TokenLogProb) -> TokenLogProb:

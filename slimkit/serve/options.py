@@ -41,3 +41,4 @@ class ServerOptions:
     reuse_port: bool = False            # share the port with other scorer processes (SO_REUSEPORT)
     metrics_port: int | None = None     # Prometheus exporter port (None: off; 0: a free one)
     metrics_host: str = "127.0.0.1"
+    compression: object | None = None   # --compress-items: a slimkit.serve.compression.ItemCompression

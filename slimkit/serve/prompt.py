@@ -97,6 +97,7 @@ class ScoreJob:
     item_ids: list[list[int]]
     label_ids: list[int]
     normalization: str                  # "labels" | "vocab" | "logit_diff"
+    tokens_saved: int = 0               # item tokens that compression removed (--compress-items)
 
 
 def encode(tokenizer, text: str) -> list[int]:

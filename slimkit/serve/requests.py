@@ -82,8 +82,10 @@ def check_tokens(what: str, n: int, limit: int) -> None:
 class Requests:
     """Turns the requests of one engine and prompt template into checked jobs, within `limits`."""
 
-    def __init__(self, engine: Engine, template: PromptTemplate | None = None, limits: Limits | None = None) -> None:
+    def __init__(self, engine: Engine, template: PromptTemplate | None = None, limits: Limits | None = None,
+                 compression=None) -> None:
         self.engine = engine
+        self.compression = compression                  # slimkit.serve.compression.ItemCompression or None
         self.template = template or PromptTemplate()
         self.limits = limits or Limits()
         self.tok = engine.tokenizer
@@ -113,9 +115,13 @@ class Requests:
         if not labels and not label_ids and self.default_labels_problem is not None:
             raise PreconditionError(f"this server cannot score the default labels: {self.default_labels_problem}; "
                                     "send labels or label_token_ids")
-        job = make_job(self.tok, self.template, request.query, list(request.items), labels=labels,
+        items, saved = list(request.items), 0
+        if self.compression is not None:                # --compress-items: the items are scored compressed
+            items, saved = self.compression(self.tok, request.query, items)
+        job = make_job(self.tok, self.template, request.query, items, labels=labels,
                        label_ids=label_ids, normalization=_WIRE_NORMALIZATIONS[request.normalization],
                        item_first=request.item_first, vocab_size=self.engine.vocab_size)
+        job.tokens_saved = saved
         limit = self.engine.max_len
         for i, item in enumerate(job.item_ids):
             check_tokens(f"item {i}", len(item), lim.max_item_tokens)

@@ -96,7 +96,7 @@ class ScorerService(pb_grpc.ScorerServicer):
         self.scheduler: Scheduler | None = None
 
     def attach(self, engine: Engine) -> None:
-        self.requests = Requests(engine, self.template, self.options.limits)   # checks the configuration once
+        self.requests = Requests(engine, self.template, self.options.limits, self.options.compression)   # checks the configuration once
         self.template, self.tok = self.requests.template, engine.tokenizer
         self.scheduler = Scheduler(engine, self.options.scheduler, self.metrics)
         self.engine = engine
@@ -125,7 +125,8 @@ class ScorerService(pb_grpc.ScorerServicer):
             shared_tokens=len(job.shared_ids), item_tokens=[len(i) for i in job.item_ids],
             engine_seconds=timing.get("engine", 0.0), queue_seconds=timing.get("queue", 0.0),
             prefill_seconds=timing.get("prefill", 0.0), scoring_seconds=timing.get("scoring", 0.0),
-            batch_requests=int(timing.get("batch_requests", 1)))
+            batch_requests=int(timing.get("batch_requests", 1)),
+            tokens_saved=job.tokens_saved)
 
     @_answer
     def LogProbs(self, request: pb.LogProbsRequest, context: grpc.ServicerContext) -> pb.LogProbsResponse:
@@ -334,12 +335,14 @@ class ScorerServer:
 
 
 def make_server(engine: Engine, address: str = "127.0.0.1:0", *, template: PromptTemplate | None = None,
-                options: ServerOptions | None = None, workers: int | None = None) -> tuple[ScorerServer, int]:
+                options: ServerOptions | None = None, workers: int | None = None, compression=None) -> tuple[ScorerServer, int]:
     """Create and start a server for `engine` on `address` ("host:port"; port 0 picks a free one).
     Returns (server, port). Stop it with `server.stop(grace)`."""
     options = options or ServerOptions()
     if workers is not None:
         options.workers = workers
+    if compression is not None:
+        options.compression = compression
     server = ScorerServer(address, options, template=template)
     try:
         server.attach(engine)

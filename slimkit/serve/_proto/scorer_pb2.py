@@ -24,33 +24,33 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!slimkit/serve/_proto/scorer.proto\x12\nslimkit.v1\"\x9b\x01\n\x0cScoreRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\r\n\x05items\x18\x02 \x03(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x17\n\x0flabel_token_ids\x18\x04 \x03(\x05\x12\x30\n\rnormalization\x18\x05 \x01(\x0e\x32\x19.slimkit.v1.Normalization\x12\x12\n\nitem_first\x18\x06 \x01(\x08\"2\n\tItemScore\x12\r\n\x05score\x18\x01 \x01(\x02\x12\x16\n\x0elabel_logprobs\x18\x02 \x03(\x02\"\xa6\x02\n\rScoreResponse\x12%\n\x06scores\x18\x01 \x03(\x0b\x32\x15.slimkit.v1.ItemScore\x12\x17\n\x0flabel_token_ids\x18\x02 \x03(\x05\x12\x30\n\rnormalization\x18\x03 \x01(\x0e\x32\x19.slimkit.v1.Normalization\x12\x15\n\rshared_tokens\x18\x04 \x01(\x05\x12\x13\n\x0bitem_tokens\x18\x05 \x03(\x05\x12\x16\n\x0e\x65ngine_seconds\x18\x06 \x01(\x01\x12\x15\n\rqueue_seconds\x18\x07 \x01(\x01\x12\x17\n\x0fprefill_seconds\x18\x08 \x01(\x01\x12\x17\n\x0fscoring_seconds\x18\t \x01(\x01\x12\x16\n\x0e\x62\x61tch_requests\x18\n \x01(\x05\"F\n\x0fLogProbsRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontinuation\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\x05\"@\n\x0cTokenLogProb\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"b\n\x10PositionLogProbs\x12\'\n\x05token\x18\x01 \x01(\x0b\x32\x18.slimkit.v1.TokenLogProb\x12%\n\x03top\x18\x02 \x03(\x0b\x32\x18.slimkit.v1.TokenLogProb\"\x95\x01\n\x10LogProbsResponse\x12,\n\x06tokens\x18\x01 \x03(\x0b\x32\x1c.slimkit.v1.PositionLogProbs\x12\r\n\x05total\x18\x02 \x01(\x02\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x05\x12\x15\n\rqueue_seconds\x18\x04 \x01(\x01\x12\x16\n\x0e\x65ngine_seconds\x18\x05 \x01(\x01\"\x12\n\x10ModelInfoRequest\"\x87\x02\n\x11ModelInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x12\n\nvocab_size\x18\x04 \x01(\x05\x12\x10\n\x08template\x18\x05 \x01(\t\x12\x15\n\rchat_template\x18\x06 \x01(\x08\x12\x16\n\x0e\x64\x65\x66\x61ult_labels\x18\x07 \x03(\t\x12\x1f\n\x17\x64\x65\x66\x61ult_label_token_ids\x18\x08 \x03(\x05\x12\r\n\x05stage\x18\t \x01(\t\x12\x12\n\nmodel_hash\x18\n \x01(\t\x12\x17\n\x0fslimkit_version\x18\x0b \x01(\t\x12\x12\n\nprocess_id\x18\x0c \x01(\x05*U\n\rNormalization\x12\x1d\n\x19NORMALIZATION_UNSPECIFIED\x10\x00\x12\n\n\x06LABELS\x10\x01\x12\t\n\x05VOCAB\x10\x02\x12\x0e\n\nLOGIT_DIFF\x10\x03\x32\xd7\x01\n\x06Scorer\x12<\n\x05Score\x12\x18.slimkit.v1.ScoreRequest\x1a\x19.slimkit.v1.ScoreResponse\x12\x45\n\x08LogProbs\x12\x1b.slimkit.v1.LogProbsRequest\x1a\x1c.slimkit.v1.LogProbsResponse\x12H\n\tModelInfo\x12\x1c.slimkit.v1.ModelInfoRequest\x1a\x1d.slimkit.v1.ModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!slimkit/serve/_proto/scorer.proto\x12\nslimkit.v1\"\x9b\x01\n\x0cScoreRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\r\n\x05items\x18\x02 \x03(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x17\n\x0flabel_token_ids\x18\x04 \x03(\x05\x12\x30\n\rnormalization\x18\x05 \x01(\x0e\x32\x19.slimkit.v1.Normalization\x12\x12\n\nitem_first\x18\x06 \x01(\x08\"2\n\tItemScore\x12\r\n\x05score\x18\x01 \x01(\x02\x12\x16\n\x0elabel_logprobs\x18\x02 \x03(\x02\"\xbc\x02\n\rScoreResponse\x12%\n\x06scores\x18\x01 \x03(\x0b\x32\x15.slimkit.v1.ItemScore\x12\x17\n\x0flabel_token_ids\x18\x02 \x03(\x05\x12\x30\n\rnormalization\x18\x03 \x01(\x0e\x32\x19.slimkit.v1.Normalization\x12\x15\n\rshared_tokens\x18\x04 \x01(\x05\x12\x13\n\x0bitem_tokens\x18\x05 \x03(\x05\x12\x16\n\x0e\x65ngine_seconds\x18\x06 \x01(\x01\x12\x15\n\rqueue_seconds\x18\x07 \x01(\x01\x12\x17\n\x0fprefill_seconds\x18\x08 \x01(\x01\x12\x17\n\x0fscoring_seconds\x18\t \x01(\x01\x12\x16\n\x0e\x62\x61tch_requests\x18\n \x01(\x05\x12\x14\n\x0ctokens_saved\x18\x0b \x01(\x05\"F\n\x0fLogProbsRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontinuation\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\x05\"@\n\x0cTokenLogProb\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"b\n\x10PositionLogProbs\x12\'\n\x05token\x18\x01 \x01(\x0b\x32\x18.slimkit.v1.TokenLogProb\x12%\n\x03top\x18\x02 \x03(\x0b\x32\x18.slimkit.v1.TokenLogProb\"\x95\x01\n\x10LogProbsResponse\x12,\n\x06tokens\x18\x01 \x03(\x0b\x32\x1c.slimkit.v1.PositionLogProbs\x12\r\n\x05total\x18\x02 \x01(\x02\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x05\x12\x15\n\rqueue_seconds\x18\x04 \x01(\x01\x12\x16\n\x0e\x65ngine_seconds\x18\x05 \x01(\x01\"\x12\n\x10ModelInfoRequest\"\x87\x02\n\x11ModelInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x12\n\nvocab_size\x18\x04 \x01(\x05\x12\x10\n\x08template\x18\x05 \x01(\t\x12\x15\n\rchat_template\x18\x06 \x01(\x08\x12\x16\n\x0e\x64\x65\x66\x61ult_labels\x18\x07 \x03(\t\x12\x1f\n\x17\x64\x65\x66\x61ult_label_token_ids\x18\x08 \x03(\x05\x12\r\n\x05stage\x18\t \x01(\t\x12\x12\n\nmodel_hash\x18\n \x01(\t\x12\x17\n\x0fslimkit_version\x18\x0b \x01(\t\x12\x12\n\nprocess_id\x18\x0c \x01(\x05*U\n\rNormalization\x12\x1d\n\x19NORMALIZATION_UNSPECIFIED\x10\x00\x12\n\n\x06LABELS\x10\x01\x12\t\n\x05VOCAB\x10\x02\x12\x0e\n\nLOGIT_DIFF\x10\x03\x32\xd7\x01\n\x06Scorer\x12<\n\x05Score\x12\x18.slimkit.v1.ScoreRequest\x1a\x19.slimkit.v1.ScoreResponse\x12\x45\n\x08LogProbs\x12\x1b.slimkit.v1.LogProbsRequest\x1a\x1c.slimkit.v1.LogProbsResponse\x12H\n\tModelInfo\x12\x1c.slimkit.v1.ModelInfoRequest\x1a\x1d.slimkit.v1.ModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'slimkit.serve._proto.scorer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NORMALIZATION']._serialized_start=1232
-  _globals['_NORMALIZATION']._serialized_end=1317
+  _globals['_NORMALIZATION']._serialized_start=1254
+  _globals['_NORMALIZATION']._serialized_end=1339
   _globals['_SCOREREQUEST']._serialized_start=50
   _globals['_SCOREREQUEST']._serialized_end=205
   _globals['_ITEMSCORE']._serialized_start=207
   _globals['_ITEMSCORE']._serialized_end=257
   _globals['_SCORERESPONSE']._serialized_start=260
-  _globals['_SCORERESPONSE']._serialized_end=554
-  _globals['_LOGPROBSREQUEST']._serialized_start=556
-  _globals['_LOGPROBSREQUEST']._serialized_end=626
-  _globals['_TOKENLOGPROB']._serialized_start=628
-  _globals['_TOKENLOGPROB']._serialized_end=692
-  _globals['_POSITIONLOGPROBS']._serialized_start=694
-  _globals['_POSITIONLOGPROBS']._serialized_end=792
-  _globals['_LOGPROBSRESPONSE']._serialized_start=795
-  _globals['_LOGPROBSRESPONSE']._serialized_end=944
-  _globals['_MODELINFOREQUEST']._serialized_start=946
-  _globals['_MODELINFOREQUEST']._serialized_end=964
-  _globals['_MODELINFORESPONSE']._serialized_start=967
-  _globals['_MODELINFORESPONSE']._serialized_end=1230
-  _globals['_SCORER']._serialized_start=1320
-  _globals['_SCORER']._serialized_end=1535
+  _globals['_SCORERESPONSE']._serialized_end=576
+  _globals['_LOGPROBSREQUEST']._serialized_start=578
+  _globals['_LOGPROBSREQUEST']._serialized_end=648
+  _globals['_TOKENLOGPROB']._serialized_start=650
+  _globals['_TOKENLOGPROB']._serialized_end=714
+  _globals['_POSITIONLOGPROBS']._serialized_start=716
+  _globals['_POSITIONLOGPROBS']._serialized_end=814
+  _globals['_LOGPROBSRESPONSE']._serialized_start=817
+  _globals['_LOGPROBSRESPONSE']._serialized_end=966
+  _globals['_MODELINFOREQUEST']._serialized_start=968
+  _globals['_MODELINFOREQUEST']._serialized_end=986
+  _globals['_MODELINFORESPONSE']._serialized_start=989
+  _globals['_MODELINFORESPONSE']._serialized_end=1252
+  _globals['_SCORER']._serialized_start=1342
+  _globals['_SCORER']._serialized_end=1557
 # @@protoc_insertion_point(module_scope)

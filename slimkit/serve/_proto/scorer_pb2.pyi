@@ -43,7 +43,7 @@ class ItemScore(_message.Message):
     def __init__(self, score: _Optional[float] = ..., label_logprobs: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("scores", "label_token_ids", "normalization", "shared_tokens", "item_tokens", "engine_seconds", "queue_seconds", "prefill_seconds", "scoring_seconds", "batch_requests")
+    __slots__ = ("scores", "label_token_ids", "normalization", "shared_tokens", "item_tokens", "engine_seconds", "queue_seconds", "prefill_seconds", "scoring_seconds", "batch_requests", "tokens_saved")
     SCORES_FIELD_NUMBER: _ClassVar[int]
     LABEL_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     NORMALIZATION_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,7 @@ class ScoreResponse(_message.Message):
     PREFILL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SCORING_SECONDS_FIELD_NUMBER: _ClassVar[int]
     BATCH_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_SAVED_FIELD_NUMBER: _ClassVar[int]
     scores: _containers.RepeatedCompositeFieldContainer[ItemScore]
     label_token_ids: _containers.RepeatedScalarFieldContainer[int]
     normalization: Normalization
@@ -64,7 +65,8 @@ class ScoreResponse(_message.Message):
     prefill_seconds: float
     scoring_seconds: float
     batch_requests: int
-    def __init__(self, scores: _Optional[_Iterable[_Union[ItemScore, _Mapping]]] = ..., label_token_ids: _Optional[_Iterable[int]] = ..., normalization: _Optional[_Union[Normalization, str]] = ..., shared_tokens: _Optional[int] = ..., item_tokens: _Optional[_Iterable[int]] = ..., engine_seconds: _Optional[float] = ..., queue_seconds: _Optional[float] = ..., prefill_seconds: _Optional[float] = ..., scoring_seconds: _Optional[float] = ..., batch_requests: _Optional[int] = ...) -> None: ...
+    tokens_saved: int
+    def __init__(self, scores: _Optional[_Iterable[_Union[ItemScore, _Mapping]]] = ..., label_token_ids: _Optional[_Iterable[int]] = ..., normalization: _Optional[_Union[Normalization, str]] = ..., shared_tokens: _Optional[int] = ..., item_tokens: _Optional[_Iterable[int]] = ..., engine_seconds: _Optional[float] = ..., queue_seconds: _Optional[float] = ..., prefill_seconds: _Optional[float] = ..., scoring_seconds: _Optional[float] = ..., batch_requests: _Optional[int] = ..., tokens_saved: _Optional[int] = ...) -> None: ...
 
 class LogProbsRequest(_message.Message):
     __slots__ = ("prompt", "continuation", "top_k")

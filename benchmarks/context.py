@@ -1,0 +1,219 @@
+"""Context compression on the toy jobs task: tables "auc", "rate", "compressor speed" and "scoring
+speed" of benchmarks/results/context.{json,md,png}.
+
+    slimkit compress-context train --out runs/ctx-clf                       # the classifier (~10 min)
+    python benchmarks/context.py --classifier runs/ctx-clf --part auc       # not timed
+    flock /tmp/slimkit-bench.lock python benchmarks/context.py --classifier runs/ctx-clf --part speed
+
+auc: the teacher's jobs AUC (P(yes) after the scoring template, as the scorer computes it) on full
+postings and on postings compressed to 2x, 4x and 10x (rate 0.5, 0.25, 0.1) per layout, by each
+compressor: surprisal under the student and the trained classifier, each without and with the query
+(question-aware, the query's terms protected); head truncation and random dropping at the same budget;
+and `fields`, an oracle that knows the task's vocabulary (titles, places, companies, skills) and keeps
+those words first: what keeping the right words can reach with this teacher.
+rate: the achieved fraction of tokens kept, and the share of postings within 5% of the requested rate
+or on the integer token budget closest to it (postings are ~35 tokens: at 10x the budget is 3-4 tokens).
+speed: compressor items/s (in process), and scoring items/s of a gRPC server in this process, full vs
+compressing each request's items (`--compress-items`, compressor included), one query x 32 postings
+per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+from _common import RESULTS, model_name, provenance, save
+
+from slimkit import artifacts
+from slimkit.compress import context
+from slimkit.compress.context.scorers import HeadScorer
+from slimkit.tasks import Example, get_task
+from slimkit.tasks.eval import eval_jobs
+from slimkit.tasks.jobs import COMPANIES, PLACES, TEMPLATE, TITLES
+
+RATES = (0.5, 0.25, 0.1)
+
+
+class FieldsOracle(HeadScorer):
+    """Keeps the words of the task's fields (titles, places, companies, skills) first, then the head."""
+    kind = "fields"
+    WORDS = {w.lower().strip(",.") for phrase in [*TITLES, *PLACES, *COMPANIES, *(s for v in TITLES.values() for s in v)]
+             for w in phrase.split()}
+
+    def word_scores(self, texts, spans, queries, encoded=None):
+        return [[(1000.0 if t[s:e].lower().strip(",.") in self.WORDS else 0.0) - i for i, (s, e) in enumerate(sp)]
+                for t, sp in zip(texts, spans, strict=True)]
+
+
+def examples(layouts: list[str], n: int) -> dict[str, list[Example]]:
+    pool = get_task("jobs").split("test", 600) + get_task("jobs").split("validation", 400)
+    return {lay: [ex for ex in pool if ex.meta["layout"] == lay][:n] for lay in layouts}
+
+
+def compressors(args, tok) -> dict[str, context.ContextCompressor]:
+    return {"surprisal": context.load(args.surprisal), "classifier": context.load(args.classifier),
+            "head": context.load("head", tokenizer=tok), "random": context.load("random", tokenizer=tok),
+            "fields": context.ContextCompressor(FieldsOracle(), tok, name="fields")}
+
+
+def with_posting(ex: Example, posting: str) -> Example:
+    return Example(prompt=TEMPLATE.format(query=ex.meta["query"], item=posting), answer=ex.answer, meta=ex.meta)
+
+
+def on_rate(c: context.Compressed, rate: float) -> bool:
+    return abs(c.ratio / rate - 1) <= 0.05 or c.tokens_out == c.target
+
+
+def auc_part(args, model, tok) -> list[dict]:
+    rows = []
+    comps = compressors(args, tok)
+    for layout, exs in examples(args.layouts, args.n).items():
+        full = eval_jobs(model, tok, exs)["auc"]
+        rows.append({"layout": layout, "method": "full", "query": False, "rate": 1.0, "ratio": 1.0,
+                     "compression": 1.0, "auc": round(full, 4), "auc_drop": 0.0, "n": len(exs)})
+        postings = [ex.meta["posting"] for ex in exs]
+        for name, comp in comps.items():
+            for use_query in ((False, True) if name in ("surprisal", "classifier") else (False,)):
+                queries = [ex.meta["query"] for ex in exs] if use_query else None
+                for rate in RATES:
+                    out = comp.compress(postings, rate=rate, queries=queries)
+                    auc = eval_jobs(model, tok, [with_posting(ex, c.text) for ex, c in zip(exs, out, strict=True)])["auc"]
+                    ratio = sum(c.tokens_out for c in out) / sum(c.tokens_in for c in out)
+                    rows.append({"layout": layout, "method": name, "query": use_query, "rate": rate,
+                                 "ratio": round(ratio, 4), "compression": round(1 / ratio, 2), "auc": round(auc, 4),
+                                 "auc_drop": round(full - auc, 4),
+                                 "on_rate": round(sum(on_rate(c, rate) for c in out) / len(out), 3),
+                                 "within_5pct": round(sum(abs(c.ratio / rate - 1) <= 0.05 for c in out) / len(out), 3),
+                                 "n": len(exs)})
+                    print(rows[-1], flush=True)
+    return rows
+
+
+def speed_part(args, tok) -> tuple[list[dict], list[dict]]:
+    import torch
+
+    from slimkit.serve.client import ScorerClient
+    from slimkit.serve.compression import ItemCompression
+    from slimkit.serve.server import make_server
+    from slimkit.serve.torch_engine import TorchEngine
+
+    exs = [ex for lay in examples(args.layouts, args.n).values() for ex in lay]
+    postings = [ex.meta["posting"] for ex in exs]
+    comps = {k: v for k, v in compressors(args, tok).items() if k in ("surprisal", "classifier")}
+    comp_rows = []
+    for name, comp in comps.items():
+        for use_query in (False, True):
+            queries = [ex.meta["query"] for ex in exs] if use_query else None
+            comp.compress(postings[:32], rate=0.25, queries=queries[:32] if queries else None)   # warm up
+            t0 = time.perf_counter()
+            comp.compress(postings, rate=0.25, queries=queries)
+            comp_rows.append({"method": name, "query": use_query, "rate": 0.25,
+                              "items_per_s": round(len(postings) / (time.perf_counter() - t0), 1)})
+            print(comp_rows[-1], flush=True)
+    # One query x 32 postings per request, as a search engine re-ranks candidates.
+    requests = [(exs[i].meta["query"], postings[i:i + 32]) for i in range(0, len(postings) - 31, 32)]
+    engine = TorchEngine(args.teacher, max_batch=64)
+    servers = {("full", False, 1.0): make_server(engine, "127.0.0.1:0")}
+    settings = [(name, False, rate) for name in comps for rate in RATES] + [("classifier", True, 0.25)]
+    for name, query, rate in settings:
+        servers[(name, query, rate)] = make_server(engine, "127.0.0.1:0",
+                                                   compression=ItemCompression(comps[name], rate, with_query=query))
+    times: dict = {k: [] for k in servers}
+    saved: dict = {}
+    torch.set_num_threads(args.threads)
+    for _ in range(args.repeats):                        # interleaved, so load changes hit every setting alike
+        for key, (_, port) in servers.items():
+            with ScorerClient(f"127.0.0.1:{port}", timeout=600) as client:
+                t0 = time.perf_counter()
+                saved[key] = sum(client.score(q, items).tokens_saved for q, items in requests)
+                times[key].append(time.perf_counter() - t0)
+    for server, _ in servers.values():
+        server.stop(0).wait()
+    n_items = sum(len(items) for _, items in requests)
+    base = statistics.median(times[("full", False, 1.0)])
+    score_rows = []
+    for (name, query, rate), ts in times.items():
+        med = statistics.median(ts)
+        score_rows.append({"method": name, "query": query, "rate": rate, "items_per_s": round(n_items / med, 1),
+                           "speedup_vs_full": round(base / med, 3),
+                           "tokens_saved_per_item": round(saved[(name, query, rate)] / n_items, 2)})
+        print(score_rows[-1], flush=True)
+    return comp_rows, score_rows
+
+
+def plot(rows: list[dict]):
+    def draw(path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        layouts = sorted({r["layout"] for r in rows})
+        fig, axes = plt.subplots(1, len(layouts), figsize=(6 * len(layouts), 4.5), squeeze=False)
+        for ax, lay in zip(axes[0], layouts, strict=True):
+            full = next(r["auc"] for r in rows if r["layout"] == lay and r["method"] == "full")
+            series = sorted({(r["method"], r["query"]) for r in rows if r["layout"] == lay and r["method"] != "full"})
+            for method, query in series:
+                pts = sorted((r["compression"], r["auc"]) for r in rows
+                             if r["layout"] == lay and r["method"] == method and r["query"] == query)
+                ax.plot([1.0] + [p[0] for p in pts], [full] + [p[1] for p in pts], marker="o",
+                        linestyle="--" if method in ("head", "random", "fields") else "-",
+                        label=f"{method}{' +query' if query else ''}")
+            ax.set_xscale("log")
+            ax.set_xlabel("achieved compression (input tokens / output tokens)")
+            ax.set_ylabel("teacher jobs AUC")
+            ax.set_title(f"layout: {lay}")
+            ax.grid(alpha=0.3)
+        axes[0][-1].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, format="png", dpi=110)
+        plt.close(fig)
+    return draw
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--classifier", required=True, help="a classifier dir (slimkit compress-context train)")
+    ap.add_argument("--surprisal", default="toy:student", help="the causal LM whose surprisal scores words")
+    ap.add_argument("--teacher", default="toy:teacher", help="the scoring model")
+    ap.add_argument("--part", choices=("auc", "speed"), required=True)
+    ap.add_argument("--layouts", nargs="+", default=["scattered", "prose", "header"])
+    ap.add_argument("--n", type=int, default=200, help="postings per layout")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    clf = artifacts.read_manifest(args.classifier)
+    settings = {"n_per_layout": args.n, "teacher": model_name(args.teacher), "surprisal": model_name(args.surprisal),
+                "classifier": f"{Path(args.classifier).name} ({clf.get('recipe')}; held-out token accuracy "
+                              f"{clf.get('metrics', {}).get('heldout_token_accuracy', 0):.3f})",
+                "threads": args.threads}
+    model, tok = artifacts.load(args.teacher)
+    if args.part == "auc":
+        rows = auc_part(args, model, tok)
+        save("context", "auc", rows, key=("layout", "method", "query", "rate"), settings=settings, plot=plot(rows),
+             about="Teacher jobs AUC on compressed postings (test + validation splits) per layout; `ratio`: achieved "
+                   "fraction of tokens kept; `compression` = 1 / ratio; `on_rate`: share of postings within 5% of "
+                   "the requested rate or on the integer budget nearest to it; `within_5pct`: within 5% only.",
+             out=args.out)
+    else:
+        run = provenance(settings)                      # one run for both tables (the first save dirties the tree)
+        comp_rows, score_rows = [[{**r, "run": run} for r in rows] for rows in speed_part(args, tok)]
+        save("context", "compressor speed", comp_rows, key=("method", "query", "rate"), settings=settings,
+             about="Compressor items/s in process (toy postings, rate 0.25, batch of all postings).", out=args.out)
+        save("context", "scoring speed", score_rows, key=("method", "query", "rate"), settings=settings,
+             about="Scoring items/s of the teacher behind a gRPC server in this process (1 query x 32 postings "
+                   "per request, --compress-items RATE with each compressor, `query`: --compress-with-query; "
+                   "compressor included), "
+                   "median of interleaved repeats; speedup against full postings in the same process.",
+             out=args.out)
+
+
+if __name__ == "__main__":
+    main()

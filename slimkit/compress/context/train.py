@@ -1,0 +1,209 @@
+"""The keep/drop token classifier (LLMLingua-2 style), distilled from a teacher's judgement.
+
+Stages, in call order:
+1. `teacher_labels`: for each (query, text) pair, the teacher's score (logit of the first label minus
+   the second's, after the scoring template) with each word left out in turn; a word's label is how
+   far its removal moves the score, over the most any word of the text moves it (in [0, 1]: the words
+   whose removal moves the score least are the ones to drop first).
+2. `make_rows`: token ids and token labels (a token takes the highest label of the words it overlaps),
+   each pair once with the query before the text and once without, so that one model serves both modes.
+3. `fit`: a tiny bidirectional encoder (BERT, a few hundred thousand parameters) with a keep/drop token
+   classification head, trained with cross-entropy against the soft labels (P(keep) = label).
+4. `train_classifier`: the whole command; writes an ordinary model directory (config, safetensors,
+   tokenizer, slimkit.json with the held-out token accuracy) atomically.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from slimkit.compress.context.scorers import to_words
+from slimkit.compress.context.words import ContextError, join, split_words
+
+STAGE = "context-compressor"
+
+
+def teacher_labels(model, tokenizer, pairs: Sequence[tuple[str, str]], *, template: str,
+                   labels: Sequence[str] = ("yes", "no"), batch_size: int = 64,
+                   on_progress: Callable[[int], None] | None = None) -> list[list[float]]:
+    """Per word of each pair's text: its keep label in [0, 1], from leave-one-word-out teacher scores."""
+    from slimkit.tasks import format_prompt
+    from slimkit.tasks.eval import label_token_ids
+    from slimkit.tasks.generate import next_token_logprobs
+
+    ids = label_token_ids(tokenizer, labels)
+    out = []
+    for query, text in pairs:
+        spans = split_words(text)
+        variants = [text] + [join(text, spans, [j for j in range(len(spans)) if j != i]) for i in range(len(spans))]
+        prompts = [format_prompt(tokenizer, template.format(query=query, item=v)) for v in variants]
+        lp = next_token_logprobs(model, tokenizer, prompts, ids, batch_size=batch_size)
+        score = (lp[:, 0] - lp[:, 1]).tolist()
+        moved = [abs(score[0] - s) for s in score[1:]]
+        top = max(moved) or 1.0
+        out.append([round(m / top, 4) for m in moved])
+        if on_progress is not None:
+            on_progress(1)
+    return out
+
+
+def make_rows(tokenizer, pairs: Sequence[tuple[str, str]], word_labels: Sequence[Sequence[float]], *,
+              sep: int, max_len: int) -> list[tuple[list[int], list[int], list[float]]]:
+    """(input ids, token type ids, token labels with -1 where not trained) per pair, with and without
+    the query."""
+    rows = []
+    for (query, text), labels in zip(pairs, word_labels, strict=True):
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        spans = split_words(text)
+        # A token takes the highest label of the words it overlaps (to_words in reverse: words -> tokens).
+        tok_labels = [to_words([o], spans, labels)[0] for o in enc["offset_mapping"]]
+        ids = enc["input_ids"][:max_len]
+        tok_labels = tok_labels[:max_len]
+        rows.append((ids, [1] * len(ids), tok_labels))
+        prefix = (tokenizer.encode(query, add_special_tokens=False) + [sep])[: max_len // 2]
+        room = max_len - len(prefix)
+        rows.append((prefix + ids[:room], [0] * len(prefix) + [1] * len(ids[:room]),
+                     [-1.0] * len(prefix) + tok_labels[:room]))
+    return rows
+
+
+def _batch(rows, pad: int):
+    import torch
+
+    width = max(len(r[0]) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    types = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), -1.0)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (a, t, y) in enumerate(rows):
+        ids[i, :len(a)], types[i, :len(a)], labels[i, :len(a)], mask[i, :len(a)] = (
+            torch.tensor(a), torch.tensor(t), torch.tensor(y), 1)
+    return ids, types, mask, labels
+
+
+def fit(rows, *, vocab_size: int, pad: int, hidden: int = 64, layers: int = 2, steps: int = 400,
+        batch_size: int = 32, lr: float = 3e-3, max_len: int = 512, seed: int = 0,
+        on_progress: Callable[[int], None] | None = None):
+    """A tiny BERT token classifier trained on `rows` (see make_rows)."""
+    import torch
+    from transformers import BertConfig, BertForTokenClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=max(1, hidden // 32), intermediate_size=2 * hidden,
+                        max_position_embeddings=max_len, type_vocab_size=2, pad_token_id=pad, num_labels=2,
+                        id2label={0: "drop", 1: "keep"}, label2id={"drop": 0, "keep": 1})
+    model = BertForTokenClassification(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    rng = random.Random(seed)
+    model.train()
+    for _ in range(steps):
+        ids, types, mask, labels = _batch(rng.sample(rows, min(batch_size, len(rows))), pad)
+        logp = torch.log_softmax(model(input_ids=ids, token_type_ids=types, attention_mask=mask).logits, dim=-1)
+        seen = labels >= 0
+        y = labels[seen]
+        loss = -(y * logp[..., 1][seen] + (1 - y) * logp[..., 0][seen]).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if on_progress is not None:
+            on_progress(1)
+    return model.eval()
+
+
+def accuracy(model, rows, pad: int) -> float:
+    """Token accuracy of the keep/drop decisions (P(keep) >= 0.5 against label >= 0.5) on `rows`."""
+    import torch
+
+    right = total = 0
+    for b in range(0, len(rows), 64):
+        ids, types, mask, labels = _batch(rows[b:b + 64], pad)
+        with torch.inference_mode():
+            pred = model(input_ids=ids, token_type_ids=types, attention_mask=mask).logits.argmax(-1)
+        seen = labels >= 0
+        right += int((pred[seen] == (labels[seen] >= 0.5)).sum())
+        total += int(seen.sum())
+    return right / max(1, total)
+
+
+def read_pairs(data: str | Path) -> list[tuple[str, str]]:
+    """(query, text) pairs from a JSONL file of {"query": ..., "text": ...} rows."""
+    import json
+
+    pairs = []
+    try:
+        lines = Path(data).read_bytes().decode("utf-8").splitlines()
+    except OSError as e:
+        raise ContextError(f"cannot read {data}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ContextError(f"{data} is not UTF-8 text (byte {e.start})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            pairs.append((str(row["query"]), str(row["text"])))
+        except (ValueError, KeyError, TypeError):
+            raise ContextError(f"{data}:{n}: expected a JSON object with \"query\" and \"text\"") from None
+        if not pairs[-1][1].strip():
+            raise ContextError(f"{data}:{n}: text is empty")
+    if not pairs:
+        raise ContextError(f"{data} holds no rows")
+    return pairs
+
+
+def jobs_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """(query, posting) pairs of the jobs task's train split (all layouts)."""
+    from slimkit.tasks import get_task
+
+    return [(ex.meta["query"], ex.meta["posting"]) for ex in get_task("jobs").split("train", n)]
+
+
+def train_classifier(teacher: str, out: str | Path, *, n: int = 200, data: str | None = None, steps: int = 400, hidden: int = 64, layers: int = 2,
+                     template: str | None = None, seed: int = 0, overwrite: bool = False,
+                     progress: bool = True) -> dict[str, Any]:
+    """`slimkit compress-context train`: label with `teacher`, fit the classifier, write `out`."""
+    import contextlib
+    import json
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from slimkit import artifacts
+    from slimkit.tasks.jobs import TEMPLATE
+
+    if n < 2 or steps < 1:
+        raise ContextError("need n >= 2 pairs and steps >= 1")
+    artifacts.check_target(out, overwrite=overwrite)
+    pairs = read_pairs(data) if data else jobs_pairs(n, seed)
+    model, tok = artifacts.load(teacher)
+    sep = tok.eos_token_id if tok.eos_token_id is not None else tok.pad_token_id
+    bar = (Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    transient=True) if progress else contextlib.nullcontext())
+    with bar:
+        def ticker(what: str, total: int):
+            if not progress:
+                return None
+            tid = bar.add_task(what, total=total)
+            return lambda k: bar.advance(tid, k)
+
+        labels = teacher_labels(model, tok, pairs, template=template or TEMPLATE, on_progress=ticker("teacher labels", len(pairs)))
+        rows = make_rows(tok, pairs, labels, sep=sep, max_len=512)
+        held = max(2, len(rows) // 10) // 2 * 2            # whole pairs (two rows each) held out
+        classifier = fit(rows[held:], vocab_size=len(tok), pad=tok.pad_token_id, hidden=hidden, layers=layers,
+                         steps=steps, seed=seed, on_progress=ticker("fit classifier", steps))
+    metrics = {"heldout_token_accuracy": accuracy(classifier, rows[:held], tok.pad_token_id),
+               "heldout_keep_rate": sum(y >= 0.5 for r in rows[:held] for y in r[2]) /
+               max(1, sum(y >= 0 for r in rows[:held] for y in r[2])),
+               "pairs": len(pairs), "params": sum(p.numel() for p in classifier.parameters())}
+    recipe = {"teacher": str(teacher), "n": len(pairs), "data": data, "steps": steps, "hidden": hidden, "layers": layers, "seed": seed}
+    # The teacher's labels go with the model (labels.jsonl: each pair's words and their labels).
+    record = "".join(json.dumps({"query": q, "words": [t[a:b] for a, b in split_words(t)], "labels": y}) + "\n"
+                     for (q, t), y in zip(pairs, labels, strict=True))
+    artifacts.save(classifier, tok, out, stage=STAGE, parent=teacher, recipe=recipe, metrics=metrics,
+                   extra_files={"labels.jsonl": record}, overwrite=overwrite)
+    return metrics
