@@ -149,6 +149,15 @@ class Distiller:
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
         self.source = self._make_source()
         self.topk = self._make_topk()
+        self.truncation = self.soda = None  # sequence truncation; SODA: pairs instead of rollouts
+        if cfg.truncation is not None:
+            from slimkit.compress.distill.truncation import Truncation
+
+            self.truncation = Truncation(cfg.truncation, self.tok, self.task, teacher=self.teacher, student=self.student)
+        if cfg.soda is not None:
+            from slimkit.compress.distill.soda import Soda
+
+            self.soda = self.source = Soda(self, self.source)
 
         torch.manual_seed(cfg.train.seed)
         random.seed(cfg.train.seed)
@@ -253,6 +262,8 @@ class Distiller:
         return kernels.LiveTeacher(th, self.teacher.get_output_embeddings().weight)
 
     def _micro_step(self, part, micro: int, sums: dict[str, float]) -> None:
+        if self.soda is not None:
+            return self.soda.micro_step(part, sums)
         cfg = self.cfg
         batch = collate(part, self.pad_id, self.env.device)
         # teacher: hidden states at the supervised positions (no grad), or its cached top-k rows
@@ -298,9 +309,13 @@ class Distiller:
         idx = step_indices(self.step, len(self.examples), cfg.train.prompts_per_step, cfg.train.seed)
         idx = idx[env.rank :: env.world]
         rollouts = self.source.get(idx, model=self.student, seed=self._seed(self.step, env.rank, -1), step=self.step)
+        if self.truncation is not None:  # the cut tails are dropped here: no model runs on them
+            rollouts = self.truncation.apply(rollouts)
         t1 = time.perf_counter()
         self.opt.zero_grad(set_to_none=not self.persistent_grads)
         sums: dict[str, float] = defaultdict(float)
+        if self.truncation is not None:
+            sums.update(self.truncation.step_sums(rollouts))
         with PeakMemory(env.device) as mem:
             micro = [rollouts[i : i + cfg.train.micro_batch] for i in range(0, len(rollouts), cfg.train.micro_batch)]
             for j, part in enumerate(micro):
@@ -339,6 +354,9 @@ class Distiller:
                   "mem_method": mem.method,
                   "rollout_s": t1 - t0, "step_s": time.perf_counter() - t0, "world": env.world}
         record.update(finish_quadrants(totals))
+        for method in (self.truncation, self.soda):
+            if method is not None:
+                record.update(method.record(totals))
         return record
 
     # ---------------------------------------------------------------- eval
