@@ -16,7 +16,8 @@ averaged over the step's pairs (`soda.mix`: none, forward or sft). Sequence log-
 `slimkit.kernels.linear_logprob` on the student's hidden states (no [tokens x vocab] logits), the
 forward KL through `linear_kl` with the live teacher. `train.prompts_per_step` and `train.micro_batch`
 count pairs (a micro-batch runs 2 x micro_batch sequences). Step records add `dpo_loss`, `margin`
-(mean beta-scaled reward margin) and `reward_acc` (share of pairs with a positive margin).
+(mean beta-scaled reward margin), `reward_acc` (share of pairs with a positive margin) and
+`snapshot_s` (the one-off time of the snapshot and reference at the start of this process).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +80,7 @@ class Soda:
         # the starting student's responses: sampled once, cached
         sampling = d.cfg.rollout.model_copy(update={"temperature": cfg.temperature, "cache": None,
                                                     "max_new_tokens": cfg.max_new_tokens or d.cfg.rollout.max_new_tokens})
+        t0 = time.perf_counter()
         student_hash = artifacts.dir_hash(d.student_dir)
         was_training = d.student.training
         d.student.eval()
@@ -92,6 +95,7 @@ class Soda:
         self.pairs: list[list[Pair]] = [[] for _ in teacher_source.rollouts]
         for c, r, rc, rr in zip(chosen, rejected, ref["chosen"], ref["rejected"], strict=True):
             self.pairs[c.example].append(Pair(c, r, rc, rr))
+        self.snapshot_s = time.perf_counter() - t0  # one-off cost (small when the caches exist)
 
     # ---------------------------------------------------------------- the pairs
     def get(self, indices, **_) -> list[Pair]:
@@ -161,7 +165,7 @@ class Soda:
     def record(self, totals: dict[str, float]) -> dict[str, float]:
         n = max(totals["kept"], 1.0)
         return {"dpo_loss": totals["dpo_sum"] / n, "margin": totals["margin_sum"] / n,
-                "reward_acc": totals["reward_acc_n"] / n}
+                "reward_acc": totals["reward_acc_n"] / n, "snapshot_s": self.snapshot_s}
 
 
 __all__ = ["Pair", "Soda", "fingerprint", "sequence_logprobs"]
