@@ -3,6 +3,7 @@
     python benchmarks/distill_truncation.py toy  [--configs r0.5_cot,r1.0_cot] [--steps 150]
     python benchmarks/distill_truncation.py soda [--configs kd,soda_fkl,opd] [--steps 150]
     python benchmarks/distill_truncation.py soda --configs kd,opd --equal-time soda_fkl
+    flock /tmp/slimkit-bench.lock python benchmarks/distill_truncation.py timing --steps 12
     python benchmarks/distill_truncation.py memory [--seqs 4 --seq-len 1040]
 
 toy: KD (forward KL, live teacher) on cached teacher rollouts of arith (temperature 0.7), one
@@ -11,10 +12,11 @@ CoT only or every section (P+CoT+A); arith test accuracy (greedy, 600) of the st
 soda: SODA (DPO vs the cached student snapshot, + forward KL on the teacher response for soda_fkl) vs
 plain KD on the same teacher rollouts vs on-policy distillation (OPD, student rollouts), at equal
 steps; `--equal-time NAME` reruns the given configs with the steps that fit in NAME's training time.
+timing: short runs of a few configs back to back, for step-time ratios on a shared machine.
 memory: the step of `benchmarks/distill_memory.py` (random init, vocabulary 151936, student hidden 512,
 teacher hidden 1024) on sequences of 16 prompt + 1024 response tokens, r = 1 vs r = 0.5.
 
-Results: tables "truncation", "soda" and "memory" of benchmarks/results/distill_truncation.{json,md,png}.
+Results: tables "truncation", "soda", "timing" and "memory" of benchmarks/results/distill_truncation.{json,md,png}.
 Timing figures are ratios within one invocation; run it under `flock /tmp/slimkit-bench.lock`.
 """
 
@@ -63,6 +65,9 @@ ABOUT_SODA = ("Toy world, arith: SODA (DPO of the teacher's response vs the star
               "train_s: sum of step times (rollouts included); wall_s: the whole process (loading, teacher "
               "rollouts when not cached, the final 600-problem eval); step_vs_opd: mean step "
               "time against opd's at equal steps. budget: equal steps, or @NAME: the steps that fit in NAME's train_s.")
+ABOUT_TIMING = ("Step time of short runs, one after another in one invocation (under the bench lock; the machine "
+                "is shared, so only ratios within one invocation mean anything): mean step_s over steps 4.. (OPD's "
+                "includes its rollouts); step_vs_base: against `base` (r = 1 with the same sections; opd for SODA).")
 ABOUT_MEM = ("One step of `benchmarks/distill_memory.py`'s worker (random init, vocabulary 151936, student hidden 512, "
              "teacher hidden 1024, its layers) on sequences of 16 prompt + response tokens, truncation.ratio r over "
              "the response (P+CoT+A supervised; no markers: all answer). peak_mem_mb: step peak RSS above the step's "
@@ -190,6 +195,25 @@ def soda_part(args) -> None:
     save(AREA, "soda", rows, key=("config", "budget"), about=ABOUT_SODA, settings=settings(args), out=OUT[0])
 
 
+def timing_part(args) -> None:
+    """Short runs of a few configs one after another (run it under the bench lock): step-time ratios."""
+    names = (args.configs or "r1.0_all,r0.5_all,r1.0_cot,r0.5_cot,soda_fkl,opd").split(",")
+    rows = []
+    for name in names:
+        sets = [*(TOY.get(name) or SODA[name]), "eval.n=1"]  # the eval is not what is timed
+        res = run(f"{name}_timing", sets, args.steps, args.data_n, args.threads)
+        row = summary(res)
+        rows.append({"config": name, "steps": row["steps"], "step_s": row["step_s"],
+                     "peak_mem_mb": row["peak_mem_mb"], "fed_tokens": row.get("fed_tokens")})
+        print(rows[-1], flush=True)
+    by = {r["config"]: r for r in rows}
+    for r in rows:
+        base = by.get("opd") if r["config"].startswith(("soda", "kd")) else by.get(f"r1.0_{r['config'][-3:]}")
+        r["step_vs_base"] = r["step_s"] / base["step_s"] if base else None
+        r["base"] = base["config"] if base else None
+    save(AREA, "timing", rows, key=("config",), about=ABOUT_TIMING, settings=settings(args), out=OUT[0])
+
+
 def memory_part(args) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     import distill_memory as dm
@@ -222,18 +246,19 @@ def settings(args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("part", choices=["toy", "soda", "memory"])
+    ap.add_argument("part", choices=["toy", "soda", "timing", "memory"])
     ap.add_argument("--configs", default=None, help="comma-separated names (default: all of the part)")
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--equal-time", default=None, help="soda: steps that fit in this config's train_s")
+    ap.add_argument("--data-n", type=int, default=3200, help="timing: prompts (3200: the toy runs' teacher cache)")
     ap.add_argument("--seqs", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=1040)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS, help="results directory (default: the record)")
     args = ap.parse_args()
     OUT[0] = args.out
-    {"toy": toy_part, "soda": soda_part, "memory": memory_part}[args.part](args)
+    {"toy": toy_part, "soda": soda_part, "timing": timing_part, "memory": memory_part}[args.part](args)
 
 
 if __name__ == "__main__":
