@@ -49,10 +49,11 @@ TEACHER = ["rollout.source=teacher", "rollout.temperature=0.7", f"rollout.cache=
 SECTIONS = {"cot": "[CoT]", "all": "[P, CoT, A]"}
 TOY = {f"r{r}_{s}": [*TEACHER, f"truncation.ratio={r}", f"truncation.supervise={v}"]
        for s, v in SECTIONS.items() for r in (0.25, 0.5, 0.75, 1.0)}
+SNAPSHOT = [*TEACHER, "soda.beta=0.1", "soda.temperature=1.0", f"soda.cache={RUNS}/student_snapshot_{{n}}.jsonl"]
 SODA = {
     "kd": TEACHER,
-    "soda": [*TEACHER, "soda.beta=0.1", "soda.temperature=1.0"],
-    "soda_fkl": [*TEACHER, "soda.beta=0.1", "soda.temperature=1.0", "soda.mix=forward"],
+    "soda": SNAPSHOT,
+    "soda_fkl": [*SNAPSHOT, "soda.mix=forward"],
     "opd": ["rollout.source=student", "rollout.temperature=1.0"],
 }
 ABOUT_TOY = ("KD on cached teacher rollouts with `truncation.ratio` r and `truncation.supervise` (cot: [CoT]; all: "
@@ -225,7 +226,7 @@ def memory_part(args) -> None:
         for r in (1.0, 0.5):
             cmd = [sys.executable, dm.__file__, "--worker", "all", "--models", tmp, f"--seqs={args.seqs}",
                    f"--seq-len={args.seq_len}", "--steps=1", f"--threads={args.threads}",
-                   f"--set=truncation.ratio={r}", "--set=truncation.supervise=[P, CoT, A]"]
+                   f"--set=truncation.ratio={r}", "--set=truncation.supervise=[P, CoT, A]", f"--set=out={tmp}/run{r}"]
             env = {**os.environ, "SLIMKIT_KERNEL_BACKEND": "chunked", "MALLOC_MMAP_THRESHOLD_": "65536"}
             p = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if p.returncode:
