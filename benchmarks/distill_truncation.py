@@ -37,6 +37,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: idle thread
 from _common import RESULTS, load, save  # noqa: E402
 
 OUT = [RESULTS]  # the results directory (--out)
+REUSE = [False]  # --reuse
 
 AREA = "distill_truncation"
 RUNS = Path("runs/distill_truncation")
@@ -76,12 +77,15 @@ ABOUT_MEM = ("One step of `benchmarks/distill_memory.py`'s worker (random init, 
 
 
 def run(name: str, sets: list[str], steps: int, data_n: int, threads: int) -> dict:
-    """One `slimkit distill` subprocess (a recipe file of BASE + sets); its step records, final eval, times."""
+    """One `slimkit distill` subprocess (a recipe file of BASE + sets); its step records, final eval, times.
+    --reuse: a finished run already in its directory is read, not run again."""
     import yaml
 
     from slimkit.recipe import apply_overrides
 
     out = RUNS / name
+    if REUSE[0] and (out / "student" / "slimkit.json").is_file():
+        return result(out, json.loads((out / "wall.json").read_text())["wall_s"] if (out / "wall.json").is_file() else None)
     sets = [*BASE, *(s.format(n=data_n) for s in sets), f"out={out}", f"train.steps={steps}", f"data.n={data_n}",
             f"train.threads={threads}"]
     recipe = RUNS / f"{name}.yaml"
@@ -95,6 +99,11 @@ def run(name: str, sets: list[str], steps: int, data_n: int, threads: int) -> di
     wall = time.time() - t0
     if p.returncode:
         sys.exit(f"{name} failed:\n{p.stderr[-3000:]}")
+    (out / "wall.json").write_text(json.dumps({"wall_s": wall}) + "\n")
+    return result(out, wall)
+
+
+def result(out: Path, wall: float | None) -> dict:
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     return {"steps": [r for r in recs if "loss" in r], "acc": [r for r in recs if "eval_acc" in r][-1]["eval_acc"],
             "wall_s": wall}
@@ -242,7 +251,7 @@ def memory_part(args) -> None:
 
 
 def settings(args) -> dict:
-    return {k: v for k, v in vars(args).items() if k not in ("part", "out") and v is not None}
+    return {k: v for k, v in vars(args).items() if k not in ("part", "out", "reuse") and v is not None}
 
 
 def main() -> None:
@@ -257,8 +266,9 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=1040)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS, help="results directory (default: the record)")
+    ap.add_argument("--reuse", action="store_true", help="read runs that already finished instead of running them")
     args = ap.parse_args()
-    OUT[0] = args.out
+    OUT[0], REUSE[0] = args.out, args.reuse
     {"toy": toy_part, "soda": soda_part, "timing": timing_part, "memory": memory_part}[args.part](args)
 
 
