@@ -78,14 +78,17 @@ ABOUT_MEM = ("One step of `benchmarks/distill_memory.py`'s worker (random init, 
 
 def run(name: str, sets: list[str], steps: int, data_n: int, threads: int) -> dict:
     """One `slimkit distill` subprocess (a recipe file of BASE + sets); its step records, final eval, times.
-    --reuse: a finished run already in its directory is read, not run again."""
+    --reuse: a run whose directory logs all its steps and the final eval is read, not run again."""
     import yaml
 
     from slimkit.recipe import apply_overrides
 
     out = RUNS / name
-    if REUSE[0] and (out / "student" / "slimkit.json").is_file():
-        return result(out, json.loads((out / "wall.json").read_text())["wall_s"] if (out / "wall.json").is_file() else None)
+    if REUSE[0] and (out / "metrics.jsonl").is_file():
+        wall = json.loads((out / "wall.json").read_text())["wall_s"] if (out / "wall.json").is_file() else None
+        done = result(out, wall)
+        if len(done["steps"]) == steps and done["acc"] is not None:  # all steps and the final eval are logged
+            return done
     sets = [*BASE, *(s.format(n=data_n) for s in sets), f"out={out}", f"train.steps={steps}", f"data.n={data_n}",
             f"train.threads={threads}"]
     recipe = RUNS / f"{name}.yaml"
@@ -105,8 +108,8 @@ def run(name: str, sets: list[str], steps: int, data_n: int, threads: int) -> di
 
 def result(out: Path, wall: float | None) -> dict:
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    return {"steps": [r for r in recs if "loss" in r], "acc": [r for r in recs if "eval_acc" in r][-1]["eval_acc"],
-            "wall_s": wall}
+    evals = [r["eval_acc"] for r in recs if "eval_acc" in r]
+    return {"steps": [r for r in recs if "loss" in r], "acc": evals[-1] if evals else None, "wall_s": wall}
 
 
 def summary(res: dict) -> dict:
