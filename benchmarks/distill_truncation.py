@@ -259,7 +259,10 @@ def memory_part(args) -> None:
 
 
 def settings(args) -> dict:
-    return {k: v for k, v in vars(args).items() if k not in ("part", "out", "reuse") and v is not None}
+    """The arguments that the part uses."""
+    used = {"toy": ("configs", "steps", "threads"), "soda": ("configs", "steps", "threads", "equal_time"),
+            "timing": ("configs", "steps", "threads", "data_n"), "memory": ("seqs", "seq_len", "layers", "threads")}
+    return {k: getattr(args, k) for k in used[args.part] if getattr(args, k) is not None}
 
 
 def main() -> None:
