@@ -55,6 +55,7 @@ SODA = {
     "kd": TEACHER,
     "soda": SNAPSHOT,
     "soda_fkl": [*SNAPSHOT, "soda.mix=forward"],
+    "soda_fkl_w5": [*SNAPSHOT, "soda.mix=forward", "soda.mix_weight=5"],
     "opd": ["rollout.source=student", "rollout.temperature=1.0"],
 }
 ABOUT_TOY = ("KD on cached teacher rollouts with `truncation.ratio` r and `truncation.supervise` (cot: [CoT]; all: "
