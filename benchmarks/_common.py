@@ -21,6 +21,7 @@ so the record holds the latest figure of each measurement; the git history keeps
     toy_student.py --out runs/NAME ...                 distill            students
     toy.py [--from DIR]                                toy                builds
     context.py --classifier DIR --part auc|speed       context            auc, compressor speed, scoring speed
+    distill_truncation.py toy|soda|memory [...]        distill_truncation truncation, soda, memory
 
 distill_q3.md, beside distill.md, is the hand-written study of Q3-only token selection (toy-v2).
 """
@@ -48,6 +49,7 @@ AREAS = {
     "distill": "Toy-world distillation methods: the reproduction table",
     "toy": "Toy world builds",
     "context": "Context compression: jobs AUC and speed vs compression rate",
+    "distill_truncation": "Sequence truncation and SODA distillation",
 }
 NOTES = "<!-- notes: written by hand below this line, kept when a script rewrites this file -->"
 

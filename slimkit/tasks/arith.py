@@ -80,6 +80,7 @@ def make_answer(steps: list, style: str) -> str:
 
 class Arith(Task):
     name = "arith"
+    answer_start = "Answer:"  # the reasoning (steps) comes before it
     default_sizes = {"train": 50000, "validation": 500, "test": 600}
 
     def _sample(self, rng: random.Random) -> tuple[str, Example]:

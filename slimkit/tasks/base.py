@@ -42,6 +42,9 @@ class Task:
     """
 
     name: str = ""
+    # The text that starts the final answer after the reasoning in an answer (None: no reasoning, the whole
+    # answer is the answer). Sequence truncation splits responses there (slimkit.compress.distill.truncation).
+    answer_start: str | None = None
     default_sizes = {"train": 20000, "validation": 500, "test": 500}
     seeds = {"train": 1, "validation": 2, "test": 3}
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from slimkit.recipe import StageConfig
 
@@ -159,6 +159,81 @@ class EvalConfig(StageConfig):
     at_start: bool = True
 
 
+Section = Literal["P", "CoT", "A"]
+SECTIONS = ("P", "CoT", "A")
+
+
+class MarkersConfig(StageConfig):
+    """Where a response's reasoning (CoT) ends and its answer (A) begins, as text. Exactly one is set."""
+
+    cot_end: str | None = Field(None, description="the reasoning ends with this text, e.g. '</think>'")
+    answer_start: str | None = Field(None, description="the answer starts with this text, e.g. 'Answer:'")
+
+    @model_validator(mode="after")
+    def _check(self) -> MarkersConfig:
+        if (self.cot_end is None) == (self.answer_start is None):
+            raise ValueError("truncation.markers needs exactly one of cot_end (e.g. '</think>') and "
+                             "answer_start (e.g. 'Answer:')")
+        if (self.cot_end or self.answer_start or "x").strip() == "":
+            raise ValueError("truncation.markers: a marker must not be empty")
+        return self
+
+
+class TruncationConfig(StageConfig):
+    """Sequence truncation (slimkit/compress/distill/truncation.py): supervise chosen sections of each
+    sequence, prompt (P), reasoning (CoT), answer (A), on the first `ratio` (or the first `tokens`) of
+    each response; the cut tail is fed to neither model. A response without the reasoning marker is all
+    answer."""
+
+    ratio: float | None = Field(None, description="keep the first ratio of each response's tokens, in (0, 1]")
+    tokens: int | None = Field(None, ge=1, description="keep the first `tokens` of each response instead")
+    supervise: list[Section] = Field(default_factory=lambda: ["CoT", "A"], description=(
+        "the sections trained on: any of P, CoT, A (a list, or one string such as 'CoT+A')"))
+    markers: MarkersConfig | Literal["auto", "none"] = Field("auto", description=(
+        "auto: the task's marker (arith: answer_start 'Answer:'), else cot_end '</think>' when the chat "
+        "template has one, else none (every response is all answer)"))
+
+    @field_validator("supervise", mode="before")
+    @classmethod
+    def _sections(cls, v):
+        names = [x.strip() for x in v.split("+")] if isinstance(v, str) else v
+        if isinstance(names, list):
+            bad = [x for x in names if x not in SECTIONS]
+            if bad:
+                raise ValueError(f"unknown section {bad[0]!r}: choose among {', '.join(SECTIONS)} "
+                                 "(e.g. [CoT] or 'P+CoT+A')")
+            if not names:
+                raise ValueError("supervise at least one section (P, CoT, A)")
+        return names
+
+    @field_validator("ratio")
+    @classmethod
+    def _ratio(cls, v):
+        if v is not None and not 0.0 < v <= 1.0:
+            raise ValueError(f"truncation.ratio must lie in (0, 1], got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> TruncationConfig:
+        if self.ratio is not None and self.tokens is not None:
+            raise ValueError("truncation: set ratio or tokens, not both")
+        return self
+
+
+class SodaConfig(StageConfig):
+    """SODA (slimkit/compress/distill/soda.py): DPO of the teacher's response (chosen) against one cached
+    snapshot of the starting student's response (rejected), with the starting student as reference."""
+
+    beta: float = Field(0.1, gt=0.0, description="DPO inverse temperature")
+    mix: Literal["none", "forward", "sft"] = Field("none", description=(
+        "an extra term on the teacher response: forward KL to the live teacher, or its NLL (SFT)"))
+    mix_weight: float = Field(1.0, ge=0.0, description="weight of the mix term (per-token mean per pair)")
+    temperature: float = Field(1.0, ge=0.0, description="sampling temperature of the student snapshot")
+    max_new_tokens: int | None = Field(None, ge=1, description="default: rollout.max_new_tokens")
+    cache: str | None = Field(None, description=(
+        "student snapshot JSONL (default: OUT/student_snapshot.jsonl); the reference log-probs lie beside it"))
+
+
 class DistillConfig(StageConfig):
     teacher: str = Field(description="a model dir, toy:NAME, or `self`: the student conditioned on "
                                      "teacher_instruction (concise self-distillation, OPSDC)")
@@ -180,6 +255,8 @@ class DistillConfig(StageConfig):
     weighting: WeightingConfig = Field(default_factory=WeightingConfig)
     stages: list[StagePatch] = Field(default_factory=list, description=(
         "run these partial recipes back to back on one model and optimizer (slimkit/compress/distill/stages.py)"))
+    truncation: TruncationConfig | None = None
+    soda: SodaConfig | None = None
 
     @model_validator(mode="after")
     def _check(self) -> DistillConfig:
@@ -213,6 +290,7 @@ class DistillConfig(StageConfig):
             from slimkit.compress.distill.stages import check_stages
 
             check_stages(self)
+        self._check_methods()
         return self
 
     def _check_teacher(self) -> None:
@@ -228,6 +306,22 @@ class DistillConfig(StageConfig):
         if self.teacher_instruction is not None:
             return self.teacher_instruction
         return DEFAULT_INSTRUCTION if self.teacher == SELF else ""
+
+    def _check_methods(self) -> None:
+        """truncation and soda: the settings they need."""
+        if self.stages and (self.truncation is not None or self.soda is not None):
+            raise ValueError("truncation and soda run as whole recipes, not inside stages: drop stages, or run them "
+                             "as separate recipes")
+        if self.truncation is not None and self.loss.teacher != "live":
+            raise ValueError("truncation runs the live teacher on the kept prefix: use loss.teacher=live")
+        if self.soda is None:
+            return
+        if self.truncation is not None:
+            raise ValueError("soda and truncation do not combine: choose one")
+        if self.rollout.source != "teacher":
+            raise ValueError("soda pairs the teacher's response (chosen) with the student's: use rollout.source=teacher")
+        if self.loss.teacher != "live" or self.select.method != "all":
+            raise ValueError("soda trains on whole responses with a DPO loss: loss.teacher=live and select.method=all")
 
 
 class StagePatch(StageConfig):

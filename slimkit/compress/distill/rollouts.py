@@ -29,6 +29,7 @@ class Rollout:
     example: int  # index into the data
     key: int = -1  # fixed sources: position in the source's flat list (top-k cache rows)
     weight: float = 1.0  # loss weight of its tokens (weighting.py)
+    supervise: list[bool] | None = None  # per token of prompt + completion: a loss target (None: the completion)
 
 
 @dataclass
@@ -45,6 +46,9 @@ class Batch:
 
 def collate(rollouts: Sequence[Rollout], pad_id: int, device: str | torch.device = "cpu") -> Batch:
     ids, attention, answer = pad_pairs([(r.prompt_ids, r.completion_ids) for r in rollouts], pad_id)
+    for i, r in enumerate(rollouts):
+        if r.supervise is not None:  # chosen sections (sequence truncation)
+            answer[i, : len(r.supervise)] = torch.tensor(r.supervise, dtype=torch.bool)
     # position j predicts token j + 1: the targets are the positions just before each completion token
     return Batch(ids.to(device), attention.to(device), answer[:, 1:].to(device))
 
@@ -78,15 +82,18 @@ class DatasetSource:
 
 
 class TeacherSource(DatasetSource):
-    """Teacher samples, generated once for every prompt and cached as JSONL."""
+    """Teacher samples, generated once for every prompt and cached as JSONL. `role="student"`: the same
+    for another model (SODA's snapshot of the starting student), fingerprinted apart from the teacher's."""
 
     def __init__(self, teacher, tok, prompts: list[str], cfg: RolloutConfig, cache: Path, *,
-                 teacher_hash: str, seed: int):
+                 teacher_hash: str, seed: int, role: str = "teacher"):
+        parts = {} if role == "teacher" else {"role": role}
         fp = _fingerprint(teacher=teacher_hash, prompts=hashlib.sha256("\x00".join(prompts).encode()).hexdigest(),
                           samples=cfg.samples, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                          stop=cfg.stop, seed=seed)
+                          stop=cfg.stop, seed=seed, **parts)
+        self.fingerprint = fp
         if cache.is_file():
-            self.rollouts = self._read(cache, fp, len(prompts))
+            self.rollouts = self._read(cache, fp, len(prompts), role)
             self._number()
             return
         from slimkit.tasks.generate import generate
@@ -107,13 +114,14 @@ class TeacherSource(DatasetSource):
         self._number()
 
     @staticmethod
-    def _read(path: Path, fp: str, n: int) -> list[list[Rollout]]:
+    def _read(path: Path, fp: str, n: int, role: str = "teacher") -> list[list[Rollout]]:
         with open(path) as f:
             head = json.loads(f.readline() or "{}")
             if head.get("fingerprint") != fp:
-                raise SlimkitError(f"teacher rollout cache {path} was made for another teacher, data or sampling "
+                key = "rollout.cache" if role == "teacher" else "soda.cache"
+                raise SlimkitError(f"{role} rollout cache {path} was made for another {role}, data or sampling "
                                    f"setting (fingerprint {head.get('fingerprint')} != {fp}); delete it or set "
-                                   "rollout.cache to a new path")
+                                   f"{key} to a new path")
             out: list[list[Rollout]] = [[] for _ in range(n)]
             for line in f:
                 d = json.loads(line)

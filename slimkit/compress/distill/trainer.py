@@ -173,6 +173,15 @@ class Distiller:
         self.teacher_body: torch.nn.Module | None = None  # set below; sources built before it see it unset
         self.stage = stages.stage_at(cfg, int(resume_state["step"]) if resume_state else 0)
         self._enter_stage(self.stage)
+        self.truncation = self.soda = None  # sequence truncation; SODA: pairs instead of rollouts
+        if cfg.truncation is not None:
+            from slimkit.compress.distill.truncation import Truncation
+
+            self.truncation = Truncation(cfg.truncation, self.tok, self.task, teacher=self.teacher, student=self.student)
+        if cfg.soda is not None:
+            from slimkit.compress.distill.soda import Soda
+
+            self.soda = self.source = Soda(self, self.source)
 
         torch.manual_seed(cfg.train.seed)
         random.seed(cfg.train.seed)
@@ -304,6 +313,8 @@ class Distiller:
         return kernels.LiveTeacher(th, self.teacher.get_output_embeddings().weight.detach())
 
     def _micro_step(self, part, micro: int, sums: dict[str, float]) -> None:
+        if self.soda is not None:
+            return self.soda.micro_step(part, sums)
         cfg = self.cfg
         batch = collate(part, self.pad_id, self.env.device)
         # teacher: hidden states at the supervised positions (no grad), or its cached top-k rows
@@ -365,11 +376,15 @@ class Distiller:
         if cfg.weighting.method == "paced":  # before the teacher runs: prompts with weight 0 are dropped
             rollouts, stats = weighting.weigh(cfg.weighting, rollouts, self._verify, env.sum, keep_one=env.ddp)
             extra.update(stats)
+        if self.truncation is not None:  # the cut tails are dropped here: no model runs on them
+            rollouts = self.truncation.apply(rollouts)
         t1 = time.perf_counter()
         self.opt.zero_grad(set_to_none=not self.persistent_grads)
         # every rank sums the same keys (DDP all-reduces them as one list)
         sums: dict[str, float] = defaultdict(float, empty_sums(), norm=0.0, loss_sum=0.0, sequences=0.0,
                                                  completion_tokens=0.0)
+        if self.truncation is not None:
+            sums.update(self.truncation.step_sums(rollouts))
         with PeakMemory(env.device) as mem:
             micro = [rollouts[i : i + cfg.train.micro_batch] for i in range(0, len(rollouts), cfg.train.micro_batch)]
             for j, part in enumerate(micro):
@@ -410,6 +425,9 @@ class Distiller:
                   "rollout_s": t1 - t0, "step_s": time.perf_counter() - t0, "world": env.world}
         record.update(finish_quadrants(totals))
         record.update(extra)
+        for method in (self.truncation, self.soda):
+            if method is not None:
+                record.update(method.record(totals))
         return record
 
     def _verify(self, example: int, completion_ids: list[int]) -> bool:

@@ -1,0 +1,288 @@
+"""Sequence truncation and SODA on the toy world, and truncation's step memory at a realistic shape.
+
+    python benchmarks/distill_truncation.py toy  [--configs r0.5_cot,r1.0_cot] [--steps 150]
+    python benchmarks/distill_truncation.py soda [--configs kd,soda_fkl,opd] [--steps 150]
+    python benchmarks/distill_truncation.py soda --configs kd,opd --equal-time soda_fkl
+    flock /tmp/slimkit-bench.lock python benchmarks/distill_truncation.py timing --steps 12
+    python benchmarks/distill_truncation.py memory [--seqs 4 --seq-len 1040]
+
+toy: KD (forward KL, live teacher) on cached teacher rollouts of arith (temperature 0.7), one
+`slimkit distill` subprocess per config, truncation ratio r in {0.25, 0.5, 0.75, 1.0} supervising the
+CoT only or every section (P+CoT+A); arith test accuracy (greedy, 600) of the start and of each result.
+soda: SODA (DPO vs the cached student snapshot, + forward KL on the teacher response for soda_fkl) vs
+plain KD on the same teacher rollouts vs on-policy distillation (OPD, student rollouts), at equal
+steps; `--equal-time NAME` reruns the given configs with the steps that fit in NAME's training time.
+timing: short runs of a few configs back to back, for step-time ratios on a shared machine.
+memory: the step of `benchmarks/distill_memory.py` (random init, vocabulary 151936, student hidden 512,
+teacher hidden 1024) on sequences of 16 prompt + 1024 response tokens, r = 1 vs r = 0.5.
+
+Results: tables "truncation", "soda", "timing" and "memory" of benchmarks/results/distill_truncation.{json,md,png}.
+Timing figures are ratios within one invocation; run it under `flock /tmp/slimkit-bench.lock`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: idle threads sleep on a shared CPU
+
+from _common import RESULTS, load, save  # noqa: E402
+
+OUT = [RESULTS]  # the results directory (--out)
+REUSE = [False]  # --reuse
+
+AREA = "distill_truncation"
+RUNS = Path("runs/distill_truncation")
+BASE = ["teacher=toy:teacher", "student=toy:student", "data.task=arith", "data.split=train",
+        "rollout.max_new_tokens=160", "rollout.batch_size=64", "loss.kind=forward", "loss.teacher=live",
+        "select.method=all", "select.log_quadrants=false", "optim.lr=2e-3", "optim.warmup_steps=10",
+        "train.prompts_per_step=32", "train.micro_batch=32", "train.checkpoint_every=0", "train.live_table=false",
+        "eval.at_start=false", "eval.split=test", "eval.n=600", "eval.max_new_tokens=160"]
+TEACHER = ["rollout.source=teacher", "rollout.temperature=0.7", f"rollout.cache={RUNS}/teacher_rollouts_{{n}}.jsonl"]
+SECTIONS = {"cot": "[CoT]", "all": "[P, CoT, A]"}
+TOY = {f"r{r}_{s}": [*TEACHER, f"truncation.ratio={r}", f"truncation.supervise={v}"]
+       for s, v in SECTIONS.items() for r in (0.25, 0.5, 0.75, 1.0)}
+SNAPSHOT = [*TEACHER, "soda.beta=0.1", "soda.temperature=1.0", f"soda.cache={RUNS}/student_snapshot_{{n}}.jsonl"]
+SODA = {
+    "kd": TEACHER,
+    "soda": SNAPSHOT,
+    "soda_fkl": [*SNAPSHOT, "soda.mix=forward"],
+    "soda_fkl_w5": [*SNAPSHOT, "soda.mix=forward", "soda.mix_weight=5"],
+    "opd": ["rollout.source=student", "rollout.temperature=1.0"],
+}
+ABOUT_TOY = ("KD on cached teacher rollouts with `truncation.ratio` r and `truncation.supervise` (cot: [CoT]; all: "
+             "[P, CoT, A]); arith's reasoning ends at its 'Answer:' line. gain_vs_r1: accuracy gain over the start "
+             "relative to r = 1 with the same sections; step_s: mean over steps 4..; peak_mem_mb: median step peak "
+             "(RSS above the step's start); *_vs_r1: against r = 1 with the same sections in the same record.")
+ABOUT_SODA = ("Toy world, arith: SODA (DPO of the teacher's response vs the starting student's cached one; soda_fkl "
+              "adds forward KL on the teacher response), KD (forward KL on the same teacher rollouts), OPD (forward "
+              "KL on fresh student rollouts). snapshot_s: SODA's one-off student snapshot and reference log-probs; "
+              "train_s: sum of step times (rollouts included); wall_s: the whole process (loading, teacher "
+              "rollouts when not cached, the final 600-problem eval); step_vs_opd: mean step "
+              "time against opd's at equal steps. budget: equal steps, or @NAME: the steps that fit in NAME's train_s.")
+ABOUT_TIMING = ("Step time of short runs, one after another in one invocation (under the bench lock; the machine "
+                "is shared, so only ratios within one invocation mean anything): mean step_s over steps 4.. (OPD's "
+                "includes its rollouts); step_vs_base: against `base` (r = 1 with the same sections; opd for SODA).")
+ABOUT_MEM = ("One step of `benchmarks/distill_memory.py`'s worker (random init, vocabulary 151936, student hidden 512, "
+             "teacher hidden 1024, its layers) on sequences of 16 prompt + response tokens, truncation.ratio r over "
+             "the response (P+CoT+A supervised; no markers: all answer). peak_mem_mb: step peak RSS above the step's "
+             "start (glibc mmap threshold 64 KiB); ratios against r = 1 in the same invocation.")
+
+
+def run(name: str, sets: list[str], steps: int, data_n: int, threads: int) -> dict:
+    """One `slimkit distill` subprocess (a recipe file of BASE + sets); its step records, final eval, times.
+    --reuse: a run whose directory logs all its steps and the final eval is read, not run again."""
+    import yaml
+
+    from slimkit.recipe import apply_overrides
+
+    out = RUNS / name
+    if REUSE[0] and (out / "metrics.jsonl").is_file():
+        wall = json.loads((out / "wall.json").read_text())["wall_s"] if (out / "wall.json").is_file() else None
+        done = result(out, wall)
+        if len(done["steps"]) == steps and done["acc"] is not None:  # all steps and the final eval are logged
+            return done
+    sets = [*BASE, *(s.format(n=data_n) for s in sets), f"out={out}", f"train.steps={steps}", f"data.n={data_n}",
+            f"train.threads={threads}"]
+    recipe = RUNS / f"{name}.yaml"
+    RUNS.mkdir(parents=True, exist_ok=True)
+    recipe.write_text(yaml.safe_dump(apply_overrides({}, sets)))
+    cmd = [sys.executable, "-m", "slimkit.cli", "distill", str(recipe), "--overwrite"]
+    print(" ".join(cmd), flush=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
+    t0 = time.time()
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.time() - t0
+    if p.returncode:
+        sys.exit(f"{name} failed:\n{p.stderr[-3000:]}")
+    (out / "wall.json").write_text(json.dumps({"wall_s": wall}) + "\n")
+    return result(out, wall)
+
+
+def result(out: Path, wall: float | None) -> dict:
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["eval_acc"] for r in recs if "eval_acc" in r]
+    return {"steps": [r for r in recs if "loss" in r], "acc": evals[-1] if evals else None, "wall_s": wall}
+
+
+def summary(res: dict) -> dict:
+    steady = res["steps"][3:] or res["steps"]
+    mean = statistics.fmean
+    row = {"steps": len(res["steps"]), "test_acc": res["acc"], "step_s": mean(r["step_s"] for r in steady),
+           "peak_mem_mb": statistics.median(r["peak_mem_mb"] for r in steady),
+           "train_s": sum(r["step_s"] for r in res["steps"]), "wall_s": res["wall_s"]}
+    if "snapshot_s" in res["steps"][0]:
+        row["snapshot_s"] = res["steps"][0]["snapshot_s"]
+    if "fed_tokens" in res["steps"][0]:
+        row |= {"fed_tokens": mean(r["fed_tokens"] for r in res["steps"]),
+                "supervised": mean(r["supervised"] for r in res["steps"]),
+                "gflops_est": mean(r["flops_est"] for r in res["steps"]) / 1e9}
+    return row
+
+
+def start_accuracy(n: int) -> float:
+    """The starting student's arith test accuracy (from the record when it holds one: it is deterministic)."""
+    for t in load(AREA, OUT[0])["tables"]:
+        for r in t["rows"]:
+            if r.get("start_acc") is not None:
+                return r["start_acc"]
+    from slimkit import artifacts, toy
+    from slimkit.tasks.eval import evaluate
+
+    model, tok = artifacts.load(toy.resolve("toy:student"))
+    return evaluate(model, tok, "arith", split="test", n=n, max_new_tokens=160)["accuracy"]
+
+
+def toy_part(args) -> None:
+    names = args.configs.split(",") if args.configs else list(TOY)
+    start = start_accuracy(600)
+    rows = []
+    for name in names:
+        res = run(name, TOY[name], args.steps, args.steps * 32, args.threads)
+        r, sections = name[1:].split("_")
+        rows.append({"config": name, "ratio": float(r), "supervise": sections, "start_acc": start, **summary(res)})
+        print(rows[-1], flush=True)
+    rows = finish_toy(rows)
+    save(AREA, "truncation", rows, key=("config",), about=ABOUT_TOY, settings=settings(args), plot=plot_toy, out=OUT[0])
+
+
+def finish_toy(new: list[dict]) -> list[dict]:
+    """Ratios against r = 1 with the same sections (from this run, else the record)."""
+    old = next((t["rows"] for t in load(AREA, OUT[0])["tables"] if t["name"] == "truncation"), [])
+    ref = {r["supervise"]: r for r in old if r["ratio"] == 1.0} | {r["supervise"]: r for r in new if r["ratio"] == 1.0}
+    for r in new:
+        base = ref.get(r["supervise"])
+        if base is None:
+            continue
+        gain = base["test_acc"] - base["start_acc"]
+        r["gain_vs_r1"] = (r["test_acc"] - r["start_acc"]) / gain if gain > 0 else None
+        for k in ("step_s", "peak_mem_mb", "gflops_est", "fed_tokens"):
+            r[f"{k}_vs_r1"] = r[k] / base[k] if base.get(k) else None
+    return new
+
+
+def plot_toy(path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = next(t["rows"] for t in load(AREA, OUT[0])["tables"] if t["name"] == "truncation")
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for s in SECTIONS:
+        pts = sorted((r["ratio"], r["test_acc"], r["step_s"]) for r in rows if r["supervise"] == s)
+        if pts:
+            a.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=s)
+            b.plot([p[0] for p in pts], [p[2] for p in pts], "o-", label=s)
+    start = rows[0]["start_acc"]
+    a.axhline(start, color="gray", ls=":", label="start")
+    a.set(xlabel="kept ratio r", ylabel="arith test accuracy", title="accuracy vs r")
+    b.set(xlabel="kept ratio r", ylabel="seconds per step", title="step time vs r")
+    a.legend()
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def soda_part(args) -> None:
+    names = args.configs.split(",") if args.configs else list(SODA)
+    start = start_accuracy(600)
+    old = next((t["rows"] for t in load(AREA, OUT[0])["tables"] if t["name"] == "soda"), [])
+    rows = []
+    for name in names:
+        steps, budget = args.steps, "equal steps"
+        if args.equal_time:
+            ref = next(r for r in old if r["config"] == args.equal_time and r["budget"] == "equal steps")
+            mine = next(r for r in old if r["config"] == name and r["budget"] == "equal steps")
+            steps, budget = max(1, round(ref["train_s"] / mine["step_s"])), f"@{args.equal_time}"
+        res = run(f"{name}{'' if budget == 'equal steps' else '_' + budget[1:]}", SODA[name], steps,
+                  args.steps * 32, args.threads)
+        rows.append({"config": name, "budget": budget, "start_acc": start, **summary(res)})
+        print(rows[-1], flush=True)
+    opd = next((r for r in rows + old if r["config"] == "opd" and r["budget"] == "equal steps"), None)
+    for r in rows:
+        r["gain_pts"] = 100 * (r["test_acc"] - r["start_acc"])
+        r["step_vs_opd"] = r["step_s"] / opd["step_s"] if opd else None
+    save(AREA, "soda", rows, key=("config", "budget"), about=ABOUT_SODA, settings=settings(args), out=OUT[0])
+
+
+def timing_part(args) -> None:
+    """Short runs of a few configs one after another (run it under the bench lock): step-time ratios."""
+    names = (args.configs or "r1.0_all,r0.5_all,r1.0_cot,r0.5_cot,soda_fkl,opd").split(",")
+    rows = []
+    for name in names:
+        sets = [*(TOY.get(name) or SODA[name]), "eval.n=1"]  # the eval is not what is timed
+        res = run(f"{name}_timing", sets, args.steps, args.data_n, args.threads)
+        row = summary(res)
+        rows.append({"config": name, "steps": row["steps"], "step_s": row["step_s"],
+                     "peak_mem_mb": row["peak_mem_mb"], "fed_tokens": row.get("fed_tokens")})
+        print(rows[-1], flush=True)
+    by = {r["config"]: r for r in rows}
+    for r in rows:
+        base = by.get("opd") if r["config"].startswith(("soda", "kd")) else by.get(f"r1.0_{r['config'][-3:]}")
+        r["step_vs_base"] = r["step_s"] / base["step_s"] if base else None
+        r["base"] = base["config"] if base else None
+    save(AREA, "timing", rows, key=("config",), about=ABOUT_TIMING, settings=settings(args), out=OUT[0])
+
+
+def memory_part(args) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    import distill_memory as dm
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="distill-trunc-") as tmp:
+        shape = argparse.Namespace(layers=args.layers, vocab=151936, student_hidden=512, teacher_hidden=1024)
+        dm.build_models(Path(tmp), shape)
+        for r in (1.0, 0.5):
+            cmd = [sys.executable, dm.__file__, "--worker", "all", "--models", tmp, f"--seqs={args.seqs}",
+                   f"--seq-len={args.seq_len}", "--steps=1", f"--threads={args.threads}",
+                   f"--set=truncation.ratio={r}", "--set=truncation.supervise=[P, CoT, A]", f"--set=out={tmp}/run{r}"]
+            env = {**os.environ, "SLIMKIT_KERNEL_BACKEND": "chunked", "MALLOC_MMAP_THRESHOLD_": "65536"}
+            p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if p.returncode:
+                sys.exit(f"r={r} failed:\n{p.stderr[-3000:]}")
+            rec = json.loads(next(x for x in p.stdout.splitlines() if x.startswith("RESULT "))[7:])["steps"][-1]
+            rows.append({"ratio": r, "seqs": args.seqs, "response_tokens": args.seq_len - 16, "tokens": rec["tokens"],
+                         "peak_mem_mb": rec["peak_mem_mb"], "step_s": rec["step_s"]})
+            print(rows[-1], flush=True)
+    for row in rows:
+        row["peak_vs_r1"] = row["peak_mem_mb"] / rows[0]["peak_mem_mb"]
+        row["step_vs_r1"] = row["step_s"] / rows[0]["step_s"]
+    save(AREA, "memory", rows, key=("ratio", "seqs", "response_tokens"), about=ABOUT_MEM, settings=settings(args), out=OUT[0])
+
+
+def settings(args) -> dict:
+    """The arguments that the part uses."""
+    used = {"toy": ("configs", "steps", "threads"), "soda": ("configs", "steps", "threads", "equal_time"),
+            "timing": ("configs", "steps", "threads", "data_n"), "memory": ("seqs", "seq_len", "layers", "threads")}
+    return {k: getattr(args, k) for k in used[args.part] if getattr(args, k) is not None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("part", choices=["toy", "soda", "timing", "memory"])
+    ap.add_argument("--configs", default=None, help="comma-separated names (default: all of the part)")
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--equal-time", default=None, help="soda: steps that fit in this config's train_s")
+    ap.add_argument("--data-n", type=int, default=3200, help="timing: prompts (3200: the toy runs' teacher cache)")
+    ap.add_argument("--seqs", type=int, default=4)
+    ap.add_argument("--seq-len", type=int, default=1040)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=RESULTS, help="results directory (default: the record)")
+    ap.add_argument("--reuse", action="store_true", help="read runs that already finished instead of running them")
+    args = ap.parse_args()
+    OUT[0], REUSE[0] = args.out, args.reuse
+    {"toy": toy_part, "soda": soda_part, "timing": timing_part, "memory": memory_part}[args.part](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""SODA: semi on-policy distillation by a DPO-style contrast of the teacher's response with the student's.
+
+Once per run (and cached), the starting student answers every training prompt (`student_snapshot.jsonl`,
+fingerprinted like the teacher rollouts: student weights, prompts, sampling settings, seed). Each
+prompt's teacher response (the cached teacher rollouts; `rollout.source: teacher`) is the chosen one,
+the student's the rejected one. The starting student is the reference: its sequence log-probs of both
+responses are computed once and cached beside the snapshot (`<snapshot>.reference.json`, fingerprinted
+by the student's weights and the pairs' token ids). No rollouts run during training.
+
+Per pair, with policy log-probs pi (sums over the response tokens) and reference log-probs ref:
+
+    loss = -log sigmoid(beta * ((pi_chosen - ref_chosen) - (pi_rejected - ref_rejected)))
+           + mix_weight * mean over the chosen response's tokens of [forward KL to the teacher | -log p]
+
+averaged over the step's pairs (`soda.mix`: none, forward or sft). Sequence log-probs go through
+`slimkit.kernels.linear_logprob` on the student's hidden states (no [tokens x vocab] logits), the
+forward KL through `linear_kl` with the live teacher. `train.prompts_per_step` and `train.micro_batch`
+count pairs (a micro-batch runs 2 x micro_batch sequences). Step records add `dpo_loss`, `margin`
+(mean beta-scaled reward margin), `reward_acc` (share of pairs with a positive margin) and
+`snapshot_s` (the one-off time of the snapshot and reference at the start of this process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from slimkit import artifacts, kernels
+from slimkit.compress.distill.hidden import Body, supervised
+from slimkit.compress.distill.rollouts import Batch, Rollout, TeacherSource, collate
+from slimkit.errors import SlimkitError
+
+_BATCH = 16  # sequences per forward while the reference log-probs are computed
+
+
+@dataclass
+class Pair:
+    chosen: Rollout  # the teacher's response
+    rejected: Rollout  # the starting student's response
+    ref_chosen: float  # the starting student's sequence log-prob of each
+    ref_rejected: float
+
+
+def sequence_logprobs(hidden: torch.Tensor, weight: torch.Tensor, batch: Batch,
+                      vocab_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(per-sequence sums [B], per-token log-probs [N], sequence of each token [N]) of the supervised
+    tokens, from the hidden states at the supervised positions `hidden` [N, H] (rows in batch order)."""
+    targets = batch.input_ids[:, 1:][batch.target_mask]
+    seq = torch.arange(batch.input_ids.shape[0], device=hidden.device).unsqueeze(1).expand_as(batch.target_mask)
+    seq = seq[batch.target_mask]
+    lp = kernels.linear_logprob(hidden, weight, targets, vocab_size=vocab_size).logprob
+    sums = torch.zeros(batch.input_ids.shape[0], dtype=lp.dtype, device=lp.device).index_add(0, seq, lp)
+    return sums, lp, seq
+
+
+def fingerprint(student_hash: str, chosen: list[Rollout], rejected: list[Rollout]) -> str:
+    h = hashlib.sha256(json.dumps({"student": student_hash}).encode())
+    for r in chosen + rejected:
+        h.update(np.asarray(r.prompt_ids + [-1] + r.completion_ids + [-2], dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+class Soda:
+    """The pairs (a rollout source for the trainer: `get` returns the step's pairs) and the loss."""
+
+    def __init__(self, distiller, teacher_source):
+        d, cfg = distiller, distiller.cfg.soda
+        self.d, self.cfg = d, cfg
+        self.vocab = len(d.tok)
+        cache = Path(cfg.cache).expanduser() if cfg.cache else d.out / "student_snapshot.jsonl"
+        # the starting student's responses: sampled once, cached
+        sampling = d.cfg.rollout.model_copy(update={"temperature": cfg.temperature, "cache": None,
+                                                    "max_new_tokens": cfg.max_new_tokens or d.cfg.rollout.max_new_tokens})
+        t0 = time.perf_counter()
+        student_hash = artifacts.dir_hash(d.student_dir)
+        was_training = d.student.training
+        d.student.eval()
+        snapshot = d.env.rank0_first(functools.partial(
+            TeacherSource, d.student, d.tok, d.prompts, sampling, cache, teacher_hash=student_hash,
+            seed=d.cfg.train.seed, role="student"))
+        d.student.train(was_training)
+        chosen, rejected = teacher_source.all(), snapshot.all()
+        # the reference: the starting student's sequence log-probs of both responses, computed once, cached
+        ref_path = cache.with_name(cache.stem + ".reference.json")
+        ref = d.env.rank0_first(functools.partial(self._reference, ref_path, chosen, rejected, student_hash))
+        self.pairs: list[list[Pair]] = [[] for _ in teacher_source.rollouts]
+        for c, r, rc, rr in zip(chosen, rejected, ref["chosen"], ref["rejected"], strict=True):
+            self.pairs[c.example].append(Pair(c, r, rc, rr))
+        self.snapshot_s = time.perf_counter() - t0  # one-off cost (small when the caches exist)
+
+    # ---------------------------------------------------------------- the pairs
+    def get(self, indices, **_) -> list[Pair]:
+        return [p for i in indices for p in self.pairs[i]]
+
+    def _autocast(self):
+        if self.d.cfg.train.dtype == "bfloat16":
+            return torch.autocast(self.d.env.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _hidden(self, model, batch: Batch) -> torch.Tensor:
+        with self._autocast():
+            hidden = model(batch.input_ids, batch.attention_mask)
+        return supervised(hidden, batch).to(self.d.student.get_output_embeddings().weight.dtype)
+
+    @torch.no_grad()
+    def _reference(self, path: Path, chosen: list[Rollout], rejected: list[Rollout], student_hash: str) -> dict:
+        fp = fingerprint(student_hash, chosen, rejected)
+        if path.is_file():
+            ref = json.loads(path.read_text())
+            if ref.get("fingerprint") != fp:
+                raise SlimkitError(f"SODA reference cache {path} was made for another student or other responses "
+                                   f"(fingerprint {ref.get('fingerprint')} != {fp}); delete it or set soda.cache "
+                                   "to a new path")
+            return ref
+        d = self.d
+        body, w = Body(d.student), d.student.get_output_embeddings().weight
+        out = []
+        seqs = chosen + rejected
+        for i in range(0, len(seqs), _BATCH):
+            batch = collate(seqs[i : i + _BATCH], d.pad_id, d.env.device)
+            out += sequence_logprobs(self._hidden(body, batch), w, batch, self.vocab)[0].tolist()
+        ref = {"fingerprint": fp, "chosen": out[: len(chosen)], "rejected": out[len(chosen):]}
+        artifacts.atomic_write_text(path, json.dumps(ref) + "\n")
+        return ref
+
+    # ---------------------------------------------------------------- one micro-batch
+    def micro_step(self, part: list[Pair], sums: dict[str, float]) -> None:
+        d, cfg, n = self.d, self.cfg, len(part)
+        chosen = [p.chosen for p in part]
+        batch = collate(chosen + [p.rejected for p in part], d.pad_id, d.env.device)
+        w = d.student.get_output_embeddings().weight
+        h = self._hidden(d.model, batch)
+        pi, lp, seq = sequence_logprobs(h, w, batch, self.vocab)
+        ref = torch.tensor([[p.ref_chosen, p.ref_rejected] for p in part], dtype=pi.dtype, device=pi.device)
+        margin = cfg.beta * ((pi[:n] - ref[:, 0]) - (pi[n:] - ref[:, 1]))
+        dpo = -F.logsigmoid(margin).sum()
+        loss = dpo
+        if cfg.mix != "none":
+            rows = int((seq < n).sum())  # the chosen responses' rows come first
+            lens = torch.tensor([len(r.completion_ids) for r in chosen], device=h.device).clamp_min(1)
+            if cfg.mix == "sft":
+                per_token = -lp[:rows]
+            else:
+                teacher = d._teacher_rows(batch.split(n)[0], chosen)
+                per_token = kernels.linear_kl(h[:rows], w, teacher, kind="forward", temperature=d.cfg.loss.temperature,
+                                              reduction="none", vocab_size=self.vocab).loss
+            loss = loss + cfg.mix_weight * (per_token / lens[seq[:rows]]).sum()
+        loss.backward()  # a sum over pairs: train_step divides the gradients by the step's pairs ("norm")
+        for k, v in {"tokens": n, "kept": n, "norm": n, "sequences": 2 * n, "loss_sum": float(loss.detach()),
+                     "dpo_sum": float(dpo.detach()), "margin_sum": float(margin.detach().sum()),
+                     "reward_acc_n": float((margin > 0).sum()),
+                     "completion_tokens": sum(len(p.chosen.completion_ids) + len(p.rejected.completion_ids)
+                                              for p in part)}.items():
+            sums[k] += v
+
+    def record(self, totals: dict[str, float]) -> dict[str, float]:
+        n = max(totals["kept"], 1.0)
+        return {"dpo_loss": totals["dpo_sum"] / n, "margin": totals["margin_sum"] / n,
+                "reward_acc": totals["reward_acc_n"] / n, "snapshot_s": self.snapshot_s}
+
+
+__all__ = ["Pair", "Soda", "fingerprint", "sequence_logprobs"]

@@ -1,0 +1,114 @@
+"""SODA: the cached student snapshot and reference log-probs, the DPO (+ mix) gradient against a
+plain-torch implementation on full logits, and a few steps that widen the reward margin."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from distill_helpers import overrides
+
+from slimkit.compress.distill import load_recipe
+from slimkit.compress.distill.rollouts import collate
+from slimkit.compress.distill.trainer import Distiller
+from slimkit.errors import SlimkitError
+from slimkit.recipe import RecipeError
+
+SODA = ("rollout.source=teacher", "soda.beta=0.5", "soda.temperature=1.0")
+
+
+def _distiller(pair, out, *extra, **kw):
+    return Distiller(load_recipe(None, overrides(pair, out, *SODA, *extra)), **kw)
+
+
+def _logits_logprob(model, batch):
+    """Per-sequence log-probs of the supervised tokens from full logits (the plain-torch oracle)."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+    lp = torch.log_softmax(logits.double(), -1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
+    return (lp * batch.target_mask).sum(1), lp, logits
+
+
+def test_snapshot_and_reference_are_cached_reused_and_stale_ones_refused(pair, tmp_path):
+    out = tmp_path / "run"
+    d = _distiller(pair, out)
+    snap, ref = out / "student_snapshot.jsonl", out / "student_snapshot.reference.json"
+    head = json.loads(snap.read_text().splitlines()[0])
+    assert head["prompts"] == 32 and len(d.soda.pairs) == 32
+    stamps = (snap.stat().st_mtime_ns, ref.stat().st_mtime_ns)
+    again = _distiller(pair, out, overwrite=True)
+    assert (snap.stat().st_mtime_ns, ref.stat().st_mtime_ns) == stamps  # reused, not made again
+    assert [p[0].rejected.completion_ids for p in again.soda.pairs] == [p[0].rejected.completion_ids
+                                                                        for p in d.soda.pairs]
+    # the reference is the starting student's sequence log-prob, as full logits give it
+    p = d.soda.pairs[0][0]
+    batch = collate([p.chosen, p.rejected], d.pad_id)
+    with torch.no_grad():
+        want = _logits_logprob(d.student, batch)[0]
+    assert [p.ref_chosen, p.ref_rejected] == pytest.approx(want.tolist(), rel=1e-5)
+    with pytest.raises(SlimkitError, match="student rollout cache .* was made for another student, data or sampling"):
+        _distiller(pair, out, "soda.temperature=0.5", overwrite=True)
+    data = json.loads(ref.read_text())
+    ref.write_text(json.dumps({**data, "fingerprint": "0" * 16}))
+    with pytest.raises(SlimkitError, match="SODA reference cache .* was made for another student"):
+        _distiller(pair, out, overwrite=True)
+
+
+@pytest.mark.parametrize("mix", ["forward", "sft"])
+def test_gradient_equals_dpo_on_full_logits(pair, tmp_path, mix):
+    d = _distiller(pair, tmp_path / "r", f"soda.mix={mix}", "soda.mix_weight=0.7", "train.fuse_weight_grad=false",
+                   "train.sparse_embedding_grad=false")
+    part = d.soda.get([3, 7, 11])
+    with torch.no_grad():  # move the student off the reference, so the DPO margin is not 0
+        for q in d.student.parameters():
+            q.add_(torch.randn_like(q) * 0.02)
+    d.opt.zero_grad(set_to_none=True)
+    sums = {k: 0.0 for k in ("tokens", "kept", "norm", "sequences", "loss_sum", "dpo_sum", "margin_sum", "reward_acc_n",
+                              "completion_tokens")}
+    d._micro_step(part, 0, sums)
+    got = {n: q.grad.clone() for n, q in d.student.named_parameters()}
+    # the oracle: full logits, plain torch
+    d.student.zero_grad(set_to_none=True)
+    n = len(part)
+    chosen = [x.chosen for x in part]
+    batch = collate(chosen + [x.rejected for x in part], d.pad_id)
+    pi, lp, logits = _logits_logprob(d.student, batch)
+    ref = torch.tensor([[x.ref_chosen, x.ref_rejected] for x in part], dtype=torch.float64)
+    margin = 0.5 * ((pi[:n] - ref[:, 0]) - (pi[n:] - ref[:, 1]))
+    loss = -F.logsigmoid(margin).sum()
+    lens = torch.tensor([len(r.completion_ids) for r in chosen], dtype=torch.float64)
+    mask = batch.target_mask[:n]
+    if mix == "sft":
+        per_seq = -(lp[:n] * mask).sum(1)
+    else:
+        with torch.no_grad():
+            t = d.teacher(input_ids=batch.input_ids[:n], attention_mask=batch.attention_mask[:n]).logits[:, :-1]
+        lq = torch.log_softmax(t.double(), -1)
+        kl = (lq.exp() * (lq - torch.log_softmax(logits[:n].double(), -1))).sum(-1)
+        per_seq = (kl * mask).sum(1)
+    loss = loss + 0.7 * (per_seq / lens).sum()
+    loss.backward()
+    assert sums["loss_sum"] == pytest.approx(float(loss.detach()), rel=1e-4)
+    assert sums["kept"] == n and 0 < abs(sums["margin_sum"])
+    for k, g in got.items():
+        torch.testing.assert_close(g, d.student.get_parameter(k).grad, rtol=1e-3, atol=1e-6)
+
+
+def test_steps_start_at_ln2_and_widen_the_margin(pair, tmp_path):
+    d = _distiller(pair, tmp_path / "r", "data.n=4", "train.steps=6", "optim.lr=1e-2")
+    recs = [d.train_step() for _ in range(6)]
+    assert recs[0]["dpo_loss"] == pytest.approx(0.693147, rel=1e-4)  # policy = reference at the start
+    assert recs[-1]["margin"] > 0 and recs[-1]["reward_acc"] == 1.0 and recs[-1]["dpo_loss"] < 0.6
+    assert recs[0]["completion_len"] > 0
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("rollout.source=dataset",), "soda pairs the teacher's response"),
+    (("select.method=entropy_top",), "loss.teacher=live and select.method=all"),
+    (("soda.beta=0",), "soda.beta: Input should be greater than 0"),
+    (("soda.mix=kl",), "soda.mix: Input should be 'none', 'forward' or 'sft'"),
+])
+def test_bad_soda_settings_are_one_clear_error(pair, tmp_path, extra, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(None, overrides(pair, tmp_path / "r", *SODA, *extra))
