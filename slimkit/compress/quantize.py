@@ -65,11 +65,11 @@ def quantize(model: str | Path, scheme: str, out: str | Path, *, calib: str = DE
     out = artifacts.check_target(out, overwrite=overwrite)
     if n < 1:
         raise SlimkitError(f"--n must be >= 1, got {n}")
+    ids = calibration_ids(src, calib, n)
     python = ROOT / ENVS[tool] / "bin/python"
     if not python.exists():
         raise SlimkitError(f"--scheme {scheme} runs in {ENVS[tool]}, which is missing: create it with "
                            f"`make {ENVS[tool]}/.installed`")
-    ids = calibration_ids(src, calib, n)
     with tempfile.TemporaryDirectory(prefix="slimkit-quantize-") as work:
         calib_file = Path(work) / "calib.json"
         calib_file.write_text(json.dumps({"source": calib, "ids": ids}))
