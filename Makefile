@@ -33,8 +33,8 @@ $(VLLM_ENV)/.installed: pyproject.toml constraints/vllm.txt slimkit/serve/wheel_
 	$(VLLM_ENV)/bin/python -c "import importlib.util as u, vllm, torch; assert torch.__version__.startswith('2.13.0') and not torch.version.cuda and not u.find_spec('torchvision') and not u.find_spec('torchaudio')"
 	touch $@
 
-# .venv-onnx: optimum-onnx (ONNX export; pins transformers < 4.58), onnxruntime (int8) + slimkit without deps; used as
-# `.venv-onnx/bin/python -m slimkit.serve.onnx_export SRC OUT`. onnxruntime itself is in the main env.
+# .venv-onnx: optimum-onnx (ONNX export; pins transformers < 4.58), onnxruntime (int8) + slimkit without deps; used by
+# `slimkit quantize SRC --scheme onnx-fp32|onnx-int8` as a subprocess. onnxruntime itself is in the main env.
 ONNX_ENV := .venv-onnx
 $(ONNX_ENV)/.installed: pyproject.toml constraints/onnx.txt
 	test -x $(ONNX_ENV)/bin/python || $(PY) -m venv $(ONNX_ENV)
