@@ -167,7 +167,7 @@ def quantize_cmd(
                                          "(optimum-onnx, .venv-onnx)"),
     out: str = typer.Option(..., "--out", "-o", help="output model directory"),
     calib: str = typer.Option("arith,jobs", help="calibration: tasks (train split, comma-separated) or a JSONL file"),
-    n: int = typer.Option(128, "--n", min=1, help="calibration examples"),
+    n: int = typer.Option(256, "--n", min=1, help="calibration examples"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier slimkit output at --out"),
 ) -> None:
     """Quantize a model: llm-compressor schemes that vLLM serves, or ONNX Runtime int8 for CPUs.

