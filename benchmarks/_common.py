@@ -22,6 +22,7 @@ so the record holds the latest figure of each measurement; the git history keeps
     toy.py [--from DIR]                                toy                builds
     context.py --classifier DIR --part auc|speed       context            auc, compressor speed, scoring speed
     distill_truncation.py toy|soda|memory [...]        distill_truncation truncation, soda, memory
+    quantize.py [--arith N] [--jobs N] [--only ...]    quantize           toy teacher
 
 distill_q3.md, beside distill.md, is the hand-written study of Q3-only token selection (toy-v2).
 """
@@ -50,6 +51,7 @@ AREAS = {
     "toy": "Toy world builds",
     "context": "Context compression: jobs AUC and speed vs compression rate",
     "distill_truncation": "Sequence truncation and SODA distillation",
+    "quantize": "Quantization: size, accuracy and scoring speed per scheme and engine",
 }
 NOTES = "<!-- notes: written by hand below this line, kept when a script rewrites this file -->"
 

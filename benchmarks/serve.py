@@ -92,11 +92,11 @@ def load_engine(args):
         toy.make_tiny_model_dir(path, hidden=128, layers=4, heads=4, kv_heads=2, head_dim=32, intermediate=512)
         model = "random-init Qwen3 (hidden 128, 4 layers, MLP 512; toy teacher's shape)"
     if args.engine == "onnxruntime":
+        from slimkit.compress.quantize import quantize
         from slimkit.serve.onnx_engine import OnnxEngine
-        from slimkit.serve.onnx_export import export
 
-        out = export(path, Path(tempfile.mkdtemp()) / "onnx", int8=args.int8)
         kind = "int8" if args.int8 else "fp32"
+        out = quantize(path, f"onnx-{kind}", Path(tempfile.mkdtemp()) / "onnx")
         return OnnxEngine(out, max_batch=args.max_batch, threads=args.threads), f"{model}, ONNX {kind}"
     if args.engine == "vllm":
         from slimkit.serve.vllm_engine import VllmEngine
@@ -456,7 +456,7 @@ def main() -> None:
     ap.add_argument("--engine", choices=["torch", "onnxruntime", "vllm"], default="torch",
                     help="onnxruntime: the model exported with .venv-onnx (prefix workload, CPU); vllm: run in "
                          ".venv-vllm, items/s of one request and the difference from the torch engine")
-    ap.add_argument("--int8", action="store_true", help="onnxruntime: dynamic int8 export")
+    ap.add_argument("--int8", action="store_true", help="onnxruntime: the onnx-int8 scheme (static int8)")
     ap.add_argument("--shape", choices=["toy", "qwen3-0.6b"], default=None,
                     help="model: the toy teacher (or a random model of its shape), or a random-init model of "
                          "Qwen3-0.6B's shape; default toy on cpu, qwen3-0.6b on cuda")

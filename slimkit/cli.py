@@ -161,6 +161,32 @@ def distill_cmd(
     console.print(f"student saved to {result['student']}: {result['metrics']}")
 
 
+@app.command("quantize")
+def quantize_cmd(
+    model: str = typer.Argument(..., help="model directory (HF format), e.g. toy:teacher"),
+    scheme: str = typer.Option(..., help="w8a8 | w4a16 | fp8 (llm-compressor, .venv-quant) | onnx-int8 | onnx-fp32 "
+                                         "(optimum-onnx, .venv-onnx)"),
+    out: str = typer.Option(..., "--out", "-o", help="output model directory"),
+    calib: str = typer.Option("arith,jobs", help="calibration: tasks (train split, comma-separated) or a JSONL file"),
+    n: int = typer.Option(256, "--n", min=1, help="calibration examples"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier slimkit output at --out"),
+) -> None:
+    """Quantize a model: llm-compressor schemes that vLLM serves, or ONNX Runtime int8 for CPUs.
+
+    Examples:
+
+        slimkit quantize toy:teacher --scheme w8a8 --out out/teacher-w8a8
+
+        slimkit quantize toy:teacher --scheme onnx-int8 --out out/teacher-onnx-int8 --calib jobs
+
+        slimkit serve out/teacher-onnx-int8 --engine onnxruntime
+    """
+    from slimkit.compress.quantize import SCHEMES, quantize
+
+    path = quantize(model, scheme, out, calib=calib, n=n, overwrite=overwrite)
+    console.print(f"{scheme} model saved to {path} (serve with {SCHEMES[scheme][2]})")
+
+
 app.command("serve")(serve_cmd)
 app.add_typer(context_app, name="compress-context")
 

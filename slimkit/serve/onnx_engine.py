@@ -1,4 +1,5 @@
-"""The onnxruntime engine: an ONNX export with KV-cache inputs (see onnx_export.py), fp32 or int8.
+"""The onnxruntime engine: an ONNX export with KV-cache inputs, fp32 or int8, as written by
+`slimkit quantize MODEL --scheme onnx-fp32|onnx-int8 --out DIR` (slimkit/compress/quantize.py).
 
 Shared-prefix scoring as in the torch engine: the shared ids run once with an empty past; their
 `present.*` tensors are repeated over each batch of items (`slimkit.serve.batching`). The exported
@@ -7,10 +8,8 @@ every input position (optimum's text-generation export has no last-position-only
 the items' tokens, not the prefix, pay for the LM head; label log-probs are taken at each item's last
 token in float64.
 
-fp32 exports give the same scores with or without prefix sharing and in any batch. int8 exports
-(dynamic quantization) do not: onnxruntime picks each activation tensor's int8 scale from that
-tensor's range, i.e. from the whole batch, so an int8 score moves (~1e-2) with the batch makeup. Use
-`max_batch=1, share_prefix=False` where int8 scores must be reproducible per item.
+fp32 exports give the same scores with or without prefix sharing and in any batch; so do int8 ones,
+whose activation scales are static (calibrated when quantized), not taken from each batch's range.
 """
 
 from __future__ import annotations
@@ -46,7 +45,7 @@ class OnnxEngine(Engine):
         path = self.model_dir / "model.onnx"
         if not path.is_file():
             raise SlimkitError(f"{self.model_dir} has no model.onnx: export it with "
-                               "`.venv-onnx/bin/python -m slimkit.serve.onnx_export SRC OUT`")
+                               "`slimkit quantize SRC --scheme onnx-fp32 --out DIR` (or onnx-int8)")
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -68,7 +67,7 @@ class OnnxEngine(Engine):
         own = "int8" if manifest.get("recipe", {}).get("int8") else str(np.dtype(self.past_dtype))
         if dtype is not None and dtype != own:
             raise SlimkitError(f"{self.model_dir} is a {own} ONNX export: the onnxruntime engine runs it as exported "
-                               f"and cannot apply --dtype {dtype} (export again, e.g. with --int8, or drop --dtype)")
+                               f"and cannot apply --dtype {dtype} (quantize again with another --scheme, or drop --dtype)")
         self.dtype = own
         self.max_batch, self.share_prefix = max_batch, share_prefix
 

@@ -158,19 +158,3 @@ def test_serve_option_errors_are_one_line(tiny_dir, tmp_path):
     mine.write_text("my notes")
     _one_line(_slimkit("serve", str(tiny_dir), "--port", "0", "--port-file", str(mine)), str(mine), "refusing")
     assert mine.read_text() == "my notes"
-
-
-def test_onnx_export_refuses_a_users_directory(tiny_dir, tmp_path):
-    from slimkit.serve import onnx_export
-
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
-    for overwrite in (False, True):
-        with pytest.raises(SlimkitError, match="not written by slimkit"):
-            onnx_export.export(tiny_dir, out, overwrite=overwrite)
-    assert (out / "keep.txt").read_text() == "mine"
-    r = subprocess.run([sys.executable, "-m", "slimkit.serve.onnx_export", str(tiny_dir), str(out)],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and "not written by slimkit" in r.stderr and "Traceback" not in r.stderr
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]

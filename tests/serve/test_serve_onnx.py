@@ -1,5 +1,6 @@
-"""ONNX export (in .venv-onnx, as a subprocess) and the onnxruntime engine on a real port: agrees with
-the torch engine within 1e-3 for fp32; int8 loads and scores close to it."""
+"""ONNX export and int8 (`slimkit quantize --scheme onnx-fp32|onnx-int8`, run in .venv-onnx as a
+subprocess) and the onnxruntime engine on a real port: agrees with the torch engine within 1e-3 for
+fp32; int8 loads, scores close to it, and the same whatever else is in the batch."""
 
 from __future__ import annotations
 
@@ -10,18 +11,22 @@ import numpy as np
 import pytest
 from serve_data import ITEMS, QUERY, many_items
 
-from slimkit.serve import onnx_export
+from slimkit.compress.quantize import ENVS, ROOT, quantize
 from slimkit.serve.client import ScorerClient, ScorerError
 
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not onnx_export.ONNX_PYTHON.exists(),
+              pytest.mark.skipif(not (ROOT / ENVS["onnx"] / "bin/python").exists(),
                                  reason="no .venv-onnx: run `make .venv-onnx/.installed`")]
+
+
+def export(src, out, *, int8=False, overwrite=False):
+    return quantize(src, "onnx-int8" if int8 else "onnx-fp32", out, n=16, overwrite=overwrite)
 
 
 @pytest.fixture(scope="module")
 def onnx_dirs(tiny_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("onnx")
-    return (onnx_export.export(tiny_dir, root / "fp32"), onnx_export.export(tiny_dir, root / "int8", int8=True))
+    return export(tiny_dir, root / "fp32"), export(tiny_dir, root / "int8", int8=True)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +43,8 @@ def onnx_client(onnx_dirs):
 def test_export_dir(onnx_dirs, tiny_dir):
     fp32, int8 = onnx_dirs
     manifest = json.loads((fp32 / "slimkit.json").read_text())
-    assert manifest["stage"] == "onnx" and manifest["parent"]["path"] == str(tiny_dir)
+    assert manifest["stage"] == "quantize" and manifest["parent"]["path"] == str(tiny_dir)
+    assert manifest["recipe"]["scheme"] == "onnx-fp32" and manifest["recipe"]["n"] == 16
     assert (fp32 / "tokenizer.json").is_file() and (fp32 / "model.onnx").is_file()
     cfg = json.loads((fp32 / "config.json").read_text())
     src = json.loads((tiny_dir / "config.json").read_text())
@@ -74,6 +80,26 @@ def test_onnx_without_prefix_sharing_and_int8(onnx_dirs, torch_engine):
     assert np.abs(q - want).max() > 1e-5
 
 
+def test_int8_scores_do_not_depend_on_the_batch(onnx_dirs, torch_engine):
+    """Static activation scales: an item's int8 score is the same alone, in batches of any size, with
+    and without the shared prefix (dynamic scales moved it by up to 1.6e-2)."""
+    from slimkit.serve.onnx_engine import OnnxEngine
+    from slimkit.serve.prompt import PromptTemplate
+    from slimkit.serve.requests import make_job
+
+    items = ITEMS + many_items(30)
+    job = make_job(torch_engine.tokenizer, PromptTemplate(), QUERY, items, normalization="vocab",
+                   vocab_size=torch_engine.vocab_size)
+    alone = [OnnxEngine(onnx_dirs[1]).score([make_job(torch_engine.tokenizer, PromptTemplate(), QUERY, [it],
+                                                     normalization="vocab", vocab_size=torch_engine.vocab_size)])[0][0]
+             for it in items[:6]]
+    runs = [OnnxEngine(onnx_dirs[1], max_batch=b, share_prefix=s).score([job])[0]
+            for b, s in ((1, True), (5, True), (64, True), (7, False))]
+    for got in runs[1:]:
+        np.testing.assert_allclose(got, runs[0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.array(alone), runs[0][:6], atol=1e-5, rtol=0)
+
+
 def test_onnx_dtype_is_the_exports_own(onnx_dirs):
     """--dtype is not applied by onnxruntime: the export's own precision is reported, another refused."""
     from slimkit.errors import SlimkitError
@@ -102,7 +128,7 @@ def test_export_error_is_clear(tmp_path):
     from slimkit.errors import SlimkitError
 
     with pytest.raises(SlimkitError, match="does not exist"):
-        onnx_export.export(tmp_path / "missing", tmp_path / "out")
+        export(tmp_path / "missing", tmp_path / "out")
 
 
 def test_export_replaces_its_own_output_only_with_overwrite(onnx_dirs, tiny_dir):
@@ -111,7 +137,7 @@ def test_export_replaces_its_own_output_only_with_overwrite(onnx_dirs, tiny_dir)
     fp32 = onnx_dirs[0]
     before = (fp32 / "model.onnx").stat().st_mtime_ns
     with pytest.raises(SlimkitError, match="pass --overwrite"):
-        onnx_export.export(tiny_dir, fp32)
+        export(tiny_dir, fp32)
     assert (fp32 / "model.onnx").stat().st_mtime_ns == before
-    onnx_export.export(tiny_dir, fp32, overwrite=True)
+    export(tiny_dir, fp32, overwrite=True)
     assert (fp32 / "model.onnx").stat().st_mtime_ns != before
