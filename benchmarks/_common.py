@@ -20,6 +20,7 @@ so the record holds the latest figure of each measurement; the git history keeps
     distill_q3_probe.py [--student ...]                distill_accuracy   probe
     toy_student.py --out runs/NAME ...                 distill_accuracy   students
     toy.py [--from DIR]                                toy                builds
+    prune.py [--recover 0.2,0.4,0.6] [--jobs N]        prune              toy
 
 distill_q3.md, beside distill_accuracy.md, is the hand-written study of Q3-only token selection.
 """
@@ -46,6 +47,7 @@ AREAS = {
     "distill_memory": "Distillation step memory vs token selection",
     "distill_accuracy": "Toy-world distillation accuracy vs token selection",
     "toy": "Toy world builds",
+    "prune": "Structured pruning of the toy teacher, before and after recovery",
 }
 NOTES = "<!-- notes: written by hand below this line, kept when a script rewrites this file -->"
 
