@@ -106,6 +106,8 @@ def prune(model: str, out: str | os.PathLike, *, keep: float | None = None, axes
 
     axes = set(axes or {"width"})
     check_options(keep=keep, axes=axes, multiple=multiple, importance=importance)
+    if keep is None and all(v is None for v in (hidden, mlp, kv_heads, heads, layers)):
+        raise PruneError("nothing to prune: give --target-params or explicit --hidden/--mlp/--kv-heads/--heads/--layers")
     out = artifacts.check_target(out, overwrite=overwrite)
     src = artifacts.check_model_dir(model)
     cfg = load_parent_config(src)
