@@ -11,6 +11,7 @@ under the shared benchmark lock, and reported as a ratio to the parent's.
 
     .venv/bin/python benchmarks/prune.py                                  # recover the 40% rows
     .venv/bin/python benchmarks/prune.py --recover 0.2,0.4,0.6 --jobs 3
+    .venv/bin/python benchmarks/prune.py --reuse     # after an interruption: keep what --runs holds
 
 Results: table "toy" of benchmarks/results/prune.{json,md} and prune.png (quality against parameters).
 """
@@ -50,17 +51,22 @@ def prune_all(args, runs: Path) -> list[dict]:
     from slimkit.compress.prune.importance import calibration_texts, measure, random_scores
 
     parent, tok = artifacts.load("toy:teacher")
-    imp = measure(parent, tok, calibration_texts(tok, tasks=["arith", "jobs"], n=args.calib_n))
+    imp = None
     todo = [(cut, axes, "activation") for cut in args.cuts for axes in args.axes]
     todo += [(0.4, "width", "random")] if args.random else []
     rows = []
     for cut, axes, method in todo:
         name = f"{axes}-{round(cut * 100)}" + ("-random" if method == "random" else "")
         out = runs / name
-        scores = imp if method == "activation" else random_scores(parent.config, seed=0)
-        model, info = prune_model(parent, tok, keep=1 - cut, axes=AXES[axes], fixed={}, imp=scores)
-        with torch.no_grad():
-            artifacts.save(model, tok, out, stage="prune", parent="toy:teacher", pruning=info, overwrite=True)
+        if args.reuse and artifacts.is_slimkit_output(out):
+            info = artifacts.read_manifest(out)["pruning"]
+        else:
+            if imp is None:
+                imp = measure(parent, tok, calibration_texts(tok, tasks=["arith", "jobs"], n=args.calib_n))
+            scores = imp if method == "activation" else random_scores(parent.config, seed=0)
+            model, info = prune_model(parent, tok, keep=1 - cut, axes=AXES[axes], fixed={}, imp=scores)
+            with torch.no_grad():
+                artifacts.save(model, tok, out, stage="prune", parent="toy:teacher", pruning=info, overwrite=True)
         s = info["shape"]["pruned"]
         rows.append({"model": name, "axes": axes, "cut": cut, "importance": method, "stage": "pruned",
                      "hidden": s["hidden"], "mlp": s["mlp"], "kv_heads": s["kv_heads"], "layers": s["layers"],
@@ -72,7 +78,13 @@ def prune_all(args, runs: Path) -> list[dict]:
 def recover_all(args, rows: list[dict], runs: Path) -> list[dict]:
     """`slimkit distill RECIPE` per chosen row, `--jobs` at a time; CPU seconds per run from wait4."""
     chosen = [r for r in rows if r["importance"] == "activation" and r["cut"] in args.recover]
-    queue, running, done = list(chosen), {}, []
+    queue, running, done = [], {}, []
+    for r in chosen:
+        run = runs / f"{r['model']}-run"
+        if args.reuse and (run / "student" / "slimkit.json").is_file() and (run / "cpu.json").is_file():
+            done.append(finished(r, run, json.loads((run / "cpu.json").read_text())))
+        else:
+            queue.append(r)
     while queue or running:
         while queue and len(running) < args.jobs:
             r = queue.pop(0)
@@ -91,23 +103,43 @@ def recover_all(args, rows: list[dict], runs: Path) -> list[dict]:
         log.close()
         if status:
             sys.exit(f"recovery of {r['model']} failed: see {runs / (r['model'] + '-run.log')}")
-        steps = sum(1 for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x)
-        done.append({**r, "stage": "recovered", "dir": str(run / "student"), "recovery_steps": steps,
-                     "recovery_cpu_s": usage.ru_utime + usage.ru_stime, "recovery_wall_s": time.time() - t0})
-        print(f"recovered {r['model']}: {done[-1]['recovery_cpu_s']:.0f} CPU s", flush=True)
+        cpu = {"cpu_s": usage.ru_utime + usage.ru_stime, "wall_s": time.time() - t0}
+        (run / "cpu.json").write_text(json.dumps(cpu) + "\n")
+        done.append(finished(r, run, cpu))
+        print(f"recovered {r['model']}: {cpu['cpu_s']:.0f} CPU s", flush=True)
     return done
 
 
-def evaluate_all(args, rows: list[dict]) -> None:
-    from slimkit import artifacts
-    from slimkit.tasks.eval import evaluate
+def finished(row: dict, run: Path, cpu: dict) -> dict:
+    steps = sum(1 for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x)
+    return {**row, "stage": "recovered", "dir": str(run / "student"), "recovery_steps": steps,
+            "recovery_cpu_s": cpu["cpu_s"], "recovery_wall_s": cpu["wall_s"]}
 
+
+def evaluate_all(args, rows: list[dict], runs: Path) -> None:
+    """`slimkit eval` (arith test accuracy, jobs test AUC) of every model, `--eval-jobs` at a time."""
+    from slimkit import artifacts
+
+    todo = []
     for r in rows:
-        model, tok = artifacts.load(r["dir"])
+        model, _ = artifacts.load(r["dir"], with_tokenizer=False)
         r["params"] = sum(p.numel() for p in model.parameters())
         r["size_mb"] = sum(f.stat().st_size for f in Path(r["dir"]).glob("*.safetensors")) / 2**20
-        r["arith"] = evaluate(model, tok, "arith", n=args.arith_n)["accuracy"]
-        r["jobs_auc"] = evaluate(model, tok, "jobs", n=args.jobs_n)["auc"]
+        for task, n in (("arith", args.arith_n), ("jobs", args.jobs_n)):
+            out = runs / "evals" / f"{r['model']}-{r['stage']}-{task}.json"
+            if not (args.reuse and out.is_file()):
+                todo.append([sys.executable, "-m", "slimkit.cli", "eval", r["dir"], "--task", task, "--n", str(n),
+                             "--out", str(out), "--overwrite"])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for i in range(0, len(todo), args.eval_jobs):
+        procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for cmd in todo[i:i + args.eval_jobs]]
+        for cmd, p in zip(todo[i:i + args.eval_jobs], procs, strict=True):
+            if p.wait():
+                sys.exit(f"{' '.join(cmd)} failed:\n{p.stderr.read()[-2000:]}")
+    for r in rows:
+        ev = {t: json.loads((runs / "evals" / f"{r['model']}-{r['stage']}-{t}.json").read_text()) for t in ("arith", "jobs")}
+        r["arith"], r["jobs_auc"] = ev["arith"]["accuracy"], ev["jobs"]["auc"]
         print(f"{r['model']} {r['stage']}: arith {r['arith']:.3f} jobs {r['jobs_auc']:.3f}", flush=True)
 
 
@@ -177,6 +209,9 @@ def main() -> None:
     ap.add_argument("--recipe", default="recipes/prune_recover_toy.yaml")
     ap.add_argument("--set", action="append", default=[], help="recipe override for every recovery")
     ap.add_argument("--jobs", type=int, default=3, help="recoveries at once (one thread each)")
+    ap.add_argument("--eval-jobs", type=int, default=4, help="`slimkit eval` runs at once (one thread each)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep the pruned models, recoveries and evals already in --runs")
     ap.add_argument("--no-random", dest="random", action="store_false", help="skip the random-importance row")
     ap.add_argument("--calib-n", type=int, default=128)
     ap.add_argument("--arith-n", type=int, default=300)
@@ -201,7 +236,7 @@ def main() -> None:
     rows = [{"model": "parent", "axes": None, "cut": 0.0, "importance": None, "stage": "parent",
              "hidden": 128, "mlp": 512, "kv_heads": 2, "layers": 4, "dir": str(toy.resolve("toy:teacher"))}]
     rows += pruned + recovered
-    evaluate_all(args, rows)
+    evaluate_all(args, rows, args.runs)
     forward_times(args, rows)
     parent = rows[0]
     for r in rows:
