@@ -38,7 +38,7 @@ ABOUT = ("The toy teacher (Qwen3, hidden 128, 4 layers, MLP 512) pruned by `slim
          "activation importance (`random`: random importance, same widths) at each parameter cut and axis "
          "set, before and after recovery (`slimkit distill` with the recovery recipe, the parent as "
          "teacher; recovery_cpu_s: CPU seconds of the whole run, 1 thread). arith: test accuracy (greedy); "
-         "jobs: test AUC; forward_ratio: median CPU forward time of a batch of jobs prompts (last-position "
+         "jobs: test AUC (eval_n: examples of each; fewer before recovery); forward_ratio: median CPU forward time of a batch of jobs prompts (last-position "
          "logits, 1 thread) over the parent's, measured round-robin in one process under the benchmark lock.")
 
 
@@ -116,30 +116,46 @@ def finished(row: dict, run: Path, cpu: dict) -> dict:
             "recovery_cpu_s": cpu["cpu_s"], "recovery_wall_s": cpu["wall_s"]}
 
 
+def eval_one(job: tuple[str, str, int]) -> dict:
+    """One model on one task (a worker of evaluate_all's pool, one thread)."""
+    import torch
+
+    from slimkit import artifacts
+    from slimkit.tasks.eval import evaluate
+
+    torch.set_num_threads(1)
+    path, task, n = job
+    model, tok = artifacts.load(path)
+    return evaluate(model, tok, task, n=n)
+
+
 def evaluate_all(args, rows: list[dict], runs: Path) -> None:
-    """`slimkit eval` (arith test accuracy, jobs test AUC) of every model, `--eval-jobs` at a time."""
+    """arith test accuracy and jobs test AUC of every model (`--eval-jobs` processes); the pruned
+    models before recovery on fewer examples (`--pruned-n`) than the parent and the recovered ones."""
+    import multiprocessing
+
     from slimkit import artifacts
 
-    todo = []
+    todo, files = [], {}
     for r in rows:
         model, _ = artifacts.load(r["dir"], with_tokenizer=False)
         r["params"] = sum(p.numel() for p in model.parameters())
         r["size_mb"] = sum(f.stat().st_size for f in Path(r["dir"]).glob("*.safetensors")) / 2**20
-        for task, n in (("arith", args.arith_n), ("jobs", args.jobs_n)):
-            out = runs / "evals" / f"{r['model']}-{r['stage']}-{task}.json"
+        small = r["stage"] == "pruned"
+        for task, n in (("arith", args.pruned_n[0] if small else args.arith_n),
+                        ("jobs", args.pruned_n[1] if small else args.jobs_n)):
+            out = runs / "evals" / f"{r['model']}-{r['stage']}-{task}-{n}.json"
+            files[(r["model"], r["stage"], task)] = out
             if not (args.reuse and out.is_file()):
-                todo.append([sys.executable, "-m", "slimkit.cli", "eval", r["dir"], "--task", task, "--n", str(n),
-                             "--out", str(out), "--overwrite"])
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for i in range(0, len(todo), args.eval_jobs):
-        procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                 for cmd in todo[i:i + args.eval_jobs]]
-        for cmd, p in zip(todo[i:i + args.eval_jobs], procs, strict=True):
-            if p.wait():
-                sys.exit(f"{' '.join(cmd)} failed:\n{p.stderr.read()[-2000:]}")
+                todo.append(((r["dir"], task, n), out))
+    (runs / "evals").mkdir(exist_ok=True)
+    with multiprocessing.get_context("fork").Pool(args.eval_jobs) as pool:
+        for (_, out), res in zip(todo, pool.imap(eval_one, [job for job, _ in todo]), strict=True):
+            out.write_text(json.dumps(res) + "\n")
     for r in rows:
-        ev = {t: json.loads((runs / "evals" / f"{r['model']}-{r['stage']}-{t}.json").read_text()) for t in ("arith", "jobs")}
+        ev = {t: json.loads(files[(r["model"], r["stage"], t)].read_text()) for t in ("arith", "jobs")}
         r["arith"], r["jobs_auc"] = ev["arith"]["accuracy"], ev["jobs"]["auc"]
+        r["eval_n"] = f"{ev['arith']['n']}/{ev['jobs']['n']}"
         print(f"{r['model']} {r['stage']}: arith {r['arith']:.3f} jobs {r['jobs_auc']:.3f}", flush=True)
 
 
@@ -209,13 +225,14 @@ def main() -> None:
     ap.add_argument("--recipe", default="recipes/prune_recover_toy.yaml")
     ap.add_argument("--set", action="append", default=[], help="recipe override for every recovery")
     ap.add_argument("--jobs", type=int, default=3, help="recoveries at once (one thread each)")
-    ap.add_argument("--eval-jobs", type=int, default=4, help="`slimkit eval` runs at once (one thread each)")
+    ap.add_argument("--eval-jobs", type=int, default=4, help="evaluation processes (one thread each)")
     ap.add_argument("--reuse", action="store_true",
                     help="keep the pruned models, recoveries and evals already in --runs")
     ap.add_argument("--no-random", dest="random", action="store_false", help="skip the random-importance row")
     ap.add_argument("--calib-n", type=int, default=128)
     ap.add_argument("--arith-n", type=int, default=300)
     ap.add_argument("--jobs-n", type=int, default=600)
+    ap.add_argument("--pruned-n", default="100,300", help="arith,jobs examples for the models before recovery")
     ap.add_argument("--batch", type=int, default=32, help="jobs prompts per timed forward")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--runs", type=Path, default=Path("runs/prune_bench"))
@@ -224,6 +241,7 @@ def main() -> None:
     args.cuts = [float(c) for c in args.cuts.split(",")]
     args.axes = args.axes.split(",")
     args.recover = [float(c) for c in args.recover.split(",") if c]
+    args.pruned_n = [int(x) for x in args.pruned_n.split(",")]
 
     import torch
 
@@ -245,7 +263,7 @@ def main() -> None:
         r["jobs_vs_parent"] = r["jobs_auc"] / parent["jobs_auc"]
         r.pop("dir")
     settings = {"recipe": args.recipe, "set": " ".join(args.set), "arith_n": args.arith_n, "jobs_n": args.jobs_n,
-                "calib_n": args.calib_n, "batch": args.batch, "repeats": args.repeats}
+                "pruned_n": args.pruned_n, "calib_n": args.calib_n, "batch": args.batch, "repeats": args.repeats}
     save("prune", "toy", rows, key=("model", "stage"), about=ABOUT, settings=settings, plot=plot(rows), out=args.out)
     print(json.dumps(rows, indent=1))
 
