@@ -69,7 +69,7 @@ trl-env: $(TRL_ENV)/.installed
 
 test: setup envs
 	$(BIN)/python -m pytest -q
-	$(VLLM_ENV)/bin/python -m pytest -q -p no:cacheprovider tests/distill/test_vllm.py  # needs vllm importable
+	$(VLLM_ENV)/bin/python -m pytest -q -p no:cacheprovider tests/distill/test_vllm.py tests/prune/test_prune_vllm.py  # need vllm importable
 
 # Skip the end-to-end checks marked slow (CI runs everything through `make test`).
 test-fast: setup

@@ -23,6 +23,7 @@ so the record holds the latest figure of each measurement; the git history keeps
     context.py --classifier DIR --part auc|speed       context            auc, compressor speed, scoring speed
     distill_truncation.py toy|soda|memory [...]        distill_truncation truncation, soda, memory
     quantize.py [--arith N] [--jobs N] [--only ...]    quantize           toy teacher
+    prune.py [--recover 0.2,0.4,0.6] [--jobs N]        prune              toy
 
 distill_q3.md, beside distill.md, is the hand-written study of Q3-only token selection (toy-v2).
 """
@@ -52,6 +53,7 @@ AREAS = {
     "context": "Context compression: jobs AUC and speed vs compression rate",
     "distill_truncation": "Sequence truncation and SODA distillation",
     "quantize": "Quantization: size, accuracy and scoring speed per scheme and engine",
+    "prune": "Structured pruning of the toy teacher, before and after recovery",
 }
 NOTES = "<!-- notes: written by hand below this line, kept when a script rewrites this file -->"
 

@@ -187,6 +187,52 @@ def quantize_cmd(
     console.print(f"{scheme} model saved to {path} (serve with {SCHEMES[scheme][2]})")
 
 
+@app.command("prune")
+def prune_cmd(
+    model: str = typer.Argument(..., help="Parent model directory (Llama, Mistral, Qwen2 or Qwen3 layout)."),
+    out: str = typer.Option(..., "--out", "-o", help="Directory for the pruned model."),
+    target_params: float | None = typer.Option(None, "--target-params", help="Fraction of parameters to keep (0.6 keeps 60%)."),
+    axes: str = typer.Option("width", help="What to prune: width, depth or width,depth."),
+    hidden: int | None = typer.Option(None, "--hidden", help="Explicit hidden size."),
+    mlp: int | None = typer.Option(None, "--mlp", help="Explicit MLP (intermediate) width."),
+    kv_heads: int | None = typer.Option(None, "--kv-heads", help="Explicit KV heads (each keeps its query heads)."),
+    heads: int | None = typer.Option(None, "--heads", help="Explicit query heads (a whole number of KV groups)."),
+    layers: int | None = typer.Option(None, "--layers", help="Explicit number of layers."),
+    multiple: int = typer.Option(32, "--multiple", help="Searched widths are multiples of this."),
+    importance: str = typer.Option("activation", help="activation | random (the baseline)."),
+    seed: int = typer.Option(0, help="Seed of --importance random."),
+    calib: str = typer.Option("arith,jobs", help="Calibration tasks (their train splits)."),
+    calib_data: str | None = typer.Option(None, "--calib-data", help="JSONL of calibration prompts instead."),
+    calib_n: int = typer.Option(128, "--calib-n", min=1, help="Calibration examples per task (or rows)."),
+    recover: str | None = typer.Option(None, "--recover", help="Distillation recipe: distill the pruned model from MODEL."),
+    set_: list[str] = typer.Option(None, "--set", help="Override a key of the --recover recipe."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace slimkit's earlier output at --out (and the recovery run)."),
+) -> None:
+    """Structured pruning (width: MLP neurons, KV groups, hidden channels; depth: layers) to a smaller
+    model of the same architecture, optionally recovered by distillation from the parent.
+
+    Examples:
+
+        slimkit prune toy:teacher --out runs/pruned --target-params 0.6
+
+        slimkit prune toy:teacher --out runs/pruned --axes width,depth --target-params 0.6
+
+        slimkit prune toy:teacher --out runs/pruned --hidden 96 --mlp 352 --layers 3
+
+        slimkit prune toy:teacher --out runs/pruned --target-params 0.6 --recover recipes/prune_recover_toy.yaml
+    """
+    from slimkit.compress.prune import prune
+
+    info = prune(model, out, keep=target_params, axes={a.strip() for a in axes.split(",") if a.strip()},
+                 hidden=hidden, mlp=mlp, kv_heads=kv_heads, heads=heads, layers=layers, multiple=multiple,
+                 importance=importance, seed=seed, calib=[c.strip() for c in calib.split(",") if c.strip()],
+                 calib_data=calib_data, calib_n=calib_n, recover=recover, recover_set=set_ or [],
+                 overwrite=overwrite)
+    p = info["params"]
+    console.print(f"pruned model saved to {info['out']}: {p['pruned']:,} of {p['parent']:,} parameters "
+                  f"({p['kept_fraction']:.1%}), shape {info['shape']['pruned']}")
+
+
 app.command("serve")(serve_cmd)
 app.add_typer(context_app, name="compress-context")
 

@@ -20,6 +20,10 @@ __all__ = ["SPLITS", "TASKS", "Example", "Task", "TaskError", "format_prompt", "
 
 
 def get_task(name: str) -> Task:
+    if "+" in name:  # a mixture, e.g. arith+jobs (slimkit/tasks/mix.py)
+        from slimkit.tasks.mix import Mix
+
+        return Mix([get_task(part) for part in name.split("+")])
     if name not in TASKS:
         raise TaskError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
     return TASKS[name]()
