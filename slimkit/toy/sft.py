@@ -35,6 +35,8 @@ class SFTConfig:
     # per-task weight of an auxiliary language-model loss on the prompt tokens (added to the answer
     # loss): a one-token answer gives one bit per example, the prompt's text many more
     prompt_loss: dict[str, float] | None = None
+    # per task (marker token id, token ids): the prompt loss counts only those tokens after the marker
+    prompt_loss_only: dict[str, tuple[int, list[int]]] | None = None
     task_steps: dict[str, tuple[int, int]] | None = None  # per-task window [first, last) of steps
 
 
@@ -56,9 +58,10 @@ def collate(rows: list[tuple[list[int], list[int]]], pad: int, multiple: int = 1
     return {"input_ids": ids, "attention_mask": attention, "labels": ids.masked_fill(~answer, -100)}
 
 
-def step_loss(model, batch: dict[str, torch.Tensor], prompt_weight: float = 0.0) -> torch.Tensor:
+def step_loss(model, batch: dict[str, torch.Tensor], prompt_weight: float = 0.0,
+              only: tuple[int, list[int]] | None = None) -> torch.Tensor:
     """Mean next-token loss on the answer tokens, plus `prompt_weight` times the mean loss on the
-    prompt tokens."""
+    prompt tokens (`only` = (marker, ids): on the tokens in `ids` after the first `marker`)."""
     if not prompt_weight:
         return model(**batch).loss
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
@@ -67,7 +70,11 @@ def step_loss(model, batch: dict[str, torch.Tensor], prompt_weight: float = 0.0)
                                            reduction="none").view_as(targets)
     answer = batch["labels"][:, 1:] != -100
     prompt = batch["attention_mask"][:, 1:].bool() & ~answer
-    return ce[answer].mean() + prompt_weight * ce[prompt].mean()
+    if only is not None:
+        after = (batch["input_ids"] == only[0]).cumsum(1)[:, :-1] > 0
+        prompt &= after & torch.isin(targets, torch.tensor(only[1]))
+    aux = ce[prompt].mean() if prompt.any() else ce.new_zeros(())
+    return ce[answer].mean() + prompt_weight * aux
 
 
 class _Pools:
@@ -146,7 +153,8 @@ def train(model, tokenizer, data: dict[str, list[Example]], weights: dict[str, f
             for g in opt.param_groups:
                 g["lr"] = warmup_cosine(step, warmup=cfg.warmup, total=cfg.steps, min_ratio=cfg.min_lr_ratio,
                                         lr=cfg.lr)
-            loss_t = step_loss(model, batch, (cfg.prompt_loss or {}).get(name, 0.0))
+            loss_t = step_loss(model, batch, (cfg.prompt_loss or {}).get(name, 0.0),
+                               (cfg.prompt_loss_only or {}).get(name))
             loss_t.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

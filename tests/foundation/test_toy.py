@@ -131,3 +131,10 @@ def test_sft_task_windows_and_prompt_loss():
         plain = step_loss(model, batch)
         assert torch.allclose(plain, model(**batch).loss)
         assert step_loss(model, batch, 0.5) > plain
+        # only tokens 7 and 8 after the marker 6 (row 0), or a token that never follows it: no aux loss
+        assert step_loss(model, batch, 0.5, only=(6, [7, 8])) > plain
+        assert torch.allclose(step_loss(model, batch, 0.5, only=(6, [5])), plain)
+    from slimkit.toy.build import posting_fields
+
+    marker, ids = posting_fields(tok)["jobs"]
+    assert tok.decode([marker]) == "Posting:" and len(ids) == 24
