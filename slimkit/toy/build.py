@@ -29,7 +29,8 @@ TEACHER_LR = 3e-3  # with init_std 0.15, jobs leaves its plateau sooner than wit
 # short postings first, arith joining later), and a language-model loss on the jobs prompts, on all
 # their tokens or (TEACHER_FIELD_LOSS) only on the posting's title and place, which makes the model
 # look up the query's. Jobs-only probes (benchmarks/results/toy.md): windows and the whole-prompt loss
-# did not shorten the jobs plateau; the field loss left it by step 400 (seeds 0 and 1, jobs only; not yet in a full build).
+# did not shorten the jobs plateau; the field loss left it by step 500 (seeds 0 and 1, jobs only;
+# not yet tried in a full build).
 TEACHER_WINDOWS = {"jobs-short": (0, 0), "jobs": (0, TEACHER_STEPS), "arith": (0, TEACHER_STEPS)}
 JOBS_SHORT_FILLER = (0, 1)  # filler lines of the short postings (the full ones have 4-7)
 TEACHER_PROMPT_LOSS = {"jobs-short": 0.0, "jobs": 0.0}
