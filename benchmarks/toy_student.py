@@ -32,7 +32,8 @@ def main() -> None:
         ap.add_argument(f"--{key.replace('_', '-')}", type=int, default=toy_build.STUDENT[key])
     ap.add_argument("--steps", type=int, default=toy_build.STUDENT_STEPS, help="SFT steps (at most, with --stop)")
     ap.add_argument("--stop", type=float, default=toy_build.STUDENT_STOP,
-                    help="stop once validation arith accuracy reaches this (checked every 100 steps); 0: never")
+                    help=f"stop once validation arith accuracy reaches this (checked every "
+                         f"{toy_build.STUDENT_CHECK} steps); 0: never")
     ap.add_argument("--levels", default="1,2,3", help="arith levels (operator counts) to train on, e.g. 1,2")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--results", type=Path, default=RESULTS, help="results directory (default: the record)")

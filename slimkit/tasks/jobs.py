@@ -97,12 +97,16 @@ def _skills_text(skills: list[str]) -> str:
     return ", ".join(skills[:-1]) + " and " + skills[-1]
 
 
-def make_posting(rng: random.Random, title: str, place: str, skills: list[str], layout: str = "header") -> str:
+FILLER_LINES = (4, 7)  # fewest and most filler sentences in a posting
+
+
+def make_posting(rng: random.Random, title: str, place: str, skills: list[str], layout: str = "header",
+                 filler_lines: tuple[int, int] = FILLER_LINES) -> str:
     """A posting in one of `LAYOUTS`: `header` puts the field lines first (as job boards render a
     posting's header) and the filler after them; `scattered` shuffles the same field lines among
     filler lines; `prose` states the fields inside sentences placed at random among the filler."""
     company = rng.choice(COMPANIES)
-    filler = rng.sample(FILLER, rng.randint(4, 7))
+    filler = rng.sample(FILLER, rng.randint(*filler_lines))
     if layout == "header":
         return "\n".join([f"title: {title}", f"place: {place}", f"company: {company}",
                           f"requirements: {', '.join(skills)}", " ".join(filler)])
@@ -129,6 +133,11 @@ class Jobs(Task):
     name = "jobs"
     default_sizes = {"train": 20000, "validation": 400, "test": 600}
 
+    def __init__(self, filler_lines: tuple[int, int] = FILLER_LINES):
+        """`filler_lines` other than the default makes a training variant (e.g. short postings for an
+        early curriculum phase); evaluation always uses the default task."""
+        self.filler_lines = filler_lines
+
     def _sample(self, rng: random.Random) -> tuple[str, Example]:
         q_title = rng.choice(sorted(TITLES))
         q_place = rng.choice(PLACES)
@@ -144,7 +153,7 @@ class Jobs(Task):
         p_skills = rng.sample(TITLES[p_title] if rng.random() < 0.8 else TITLES[q_title], 3)
         query = make_query(q_title, q_place, q_skills)
         layout = rng.choice(LAYOUTS)
-        posting = make_posting(rng, p_title, p_place, p_skills, layout)
+        posting = make_posting(rng, p_title, p_place, p_skills, layout, self.filler_lines)
         answer = "yes" if label else "no"
         meta = {"query": query, "posting": posting, "label": int(label), "layout": layout}
         return f"{query}|{posting}", Example(prompt=TEMPLATE.format(query=query, item=posting), answer=answer,

@@ -1,7 +1,8 @@
 """Supervised fine-tuning on task examples with answer-only loss (used to build the toy world).
 
 Each step takes one batch from one task (tasks interleave by weight, so a batch holds similar
-lengths); batches are drawn from length-sorted pools to keep padding small. Fixed step counts and
+lengths; a task may be limited to a window of steps, for a curriculum); batches are drawn from
+length-sorted pools to keep padding small. Fixed step counts and
 seeds make a run reproducible; the learning rate warms up then decays on a cosine to 10%.
 """
 
@@ -31,6 +32,12 @@ class SFTConfig:
     seed: int = 0
     pool_batches: int = 8  # batches per length-sorted pool
     task_batch_size: dict[str, int] | None = None  # per-task override of batch_size
+    # per-task weight of an auxiliary language-model loss on the prompt tokens (added to the answer
+    # loss): a one-token answer gives one bit per example, the prompt's text many more
+    prompt_loss: dict[str, float] | None = None
+    # per task (marker token id, token ids): the prompt loss counts only those tokens after the marker
+    prompt_loss_only: dict[str, tuple[int, list[int]]] | None = None
+    task_steps: dict[str, tuple[int, int]] | None = None  # per-task window [first, last) of steps
 
 
 def encode(tokenizer, examples: list[Example]) -> list[tuple[list[int], list[int]]]:
@@ -51,6 +58,25 @@ def collate(rows: list[tuple[list[int], list[int]]], pad: int, multiple: int = 1
     return {"input_ids": ids, "attention_mask": attention, "labels": ids.masked_fill(~answer, -100)}
 
 
+def step_loss(model, batch: dict[str, torch.Tensor], prompt_weight: float = 0.0,
+              only: tuple[int, list[int]] | None = None) -> torch.Tensor:
+    """Mean next-token loss on the answer tokens, plus `prompt_weight` times the mean loss on the
+    prompt tokens (`only` = (marker, ids): on the tokens in `ids` after the first `marker`)."""
+    if not prompt_weight:
+        return model(**batch).loss
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    targets = batch["input_ids"][:, 1:]
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
+                                           reduction="none").view_as(targets)
+    answer = batch["labels"][:, 1:] != -100
+    prompt = batch["attention_mask"][:, 1:].bool() & ~answer
+    if only is not None:
+        after = (batch["input_ids"] == only[0]).cumsum(1)[:, :-1] > 0
+        prompt &= after & torch.isin(targets, torch.tensor(only[1]))
+    aux = ce[prompt].mean() if prompt.any() else ce.new_zeros(())
+    return ce[answer].mean() + prompt_weight * aux
+
+
 class _Pools:
     """Endless batches for one task: shuffle, cut into pools, sort each pool by length, shuffle batches."""
 
@@ -67,6 +93,25 @@ class _Pools:
         return self.queue.pop()
 
 
+def _window(windows: dict[str, tuple[int, int]], name: str, steps: int) -> tuple[int, int]:
+    return windows.get(name, (0, steps))
+
+
+def _next_task(names: list[str], weights: dict[str, float], windows: dict[str, tuple[int, int]],
+               phase: dict, step: int, steps: int) -> str:
+    """The task of step `step`: among the tasks whose window holds it, the one furthest behind its
+    share of the steps since that set of tasks last changed (`phase` keeps the count)."""
+    live = tuple(n for n in names if _window(windows, n, steps)[0] <= step < _window(windows, n, steps)[1])
+    if not live:
+        raise ValueError(f"no task has step {step} in its window")
+    if phase.get("live") != live:
+        phase.update(live=live, done=dict.fromkeys(live, 0))
+    total = sum(weights[n] for n in live)
+    name = min(live, key=lambda n: (phase["done"][n] * total / weights[n], n))
+    phase["done"][name] += 1
+    return name
+
+
 def train(model, tokenizer, data: dict[str, list[Example]], weights: dict[str, float], cfg: SFTConfig, *,
           progress: bool = True, description: str = "train",
           on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
@@ -77,11 +122,13 @@ def train(model, tokenizer, data: dict[str, list[Example]], weights: dict[str, f
     torch.manual_seed(cfg.seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sizes = cfg.task_batch_size or {}
-    pools = {name: _Pools(encode(tokenizer, exs), sizes.get(name, cfg.batch_size), cfg.pool_batches, rng)
-             for name, exs in data.items() if weights.get(name, 0) > 0}
+    windows = cfg.task_steps or {}
+    used = [n for n in data if weights.get(n, 0) > 0 and len(range(*_window(windows, n, cfg.steps)))]
+    pools = {name: _Pools(encode(tokenizer, data[name]), sizes.get(name, cfg.batch_size), cfg.pool_batches, rng)
+             for name in used}
     names = sorted(pools)
     # deterministic interleaving: each step goes to the task furthest behind its share
-    share = {n: weights[n] / sum(weights[m] for m in names) for n in names}
+    phase: dict = {}
     done = dict.fromkeys(names, 0)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -100,20 +147,21 @@ def train(model, tokenizer, data: dict[str, list[Example]], weights: dict[str, f
         tid = bar.add_task(description, total=cfg.steps, info="")
     try:
         for step in range(cfg.steps):
-            name = min(names, key=lambda n: (done[n] / share[n], n))
+            name = _next_task(names, weights, windows, phase, step, cfg.steps)
             done[name] += 1
             batch = collate(pools[name].next(), pad)
             for g in opt.param_groups:
                 g["lr"] = warmup_cosine(step, warmup=cfg.warmup, total=cfg.steps, min_ratio=cfg.min_lr_ratio,
                                         lr=cfg.lr)
-            out = model(**batch)
-            out.loss.backward()
+            loss_t = step_loss(model, batch, (cfg.prompt_loss or {}).get(name, 0.0),
+                               (cfg.prompt_loss_only or {}).get(name))
+            loss_t.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
             tokens += int(batch["attention_mask"].sum())
-            loss = out.loss.item()
+            loss = loss_t.item()
             losses[name] = loss if name not in losses else 0.9 * losses[name] + 0.1 * loss
             if bar is not None:
                 info = " ".join(f"{n} {v:.3f}" for n, v in sorted(losses.items()))

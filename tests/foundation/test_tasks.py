@@ -149,3 +149,17 @@ def test_pad_pairs_marks_the_answers_and_pads_right():
     assert answer.nonzero().tolist() == [[0, 2], [1, 1], [1, 2], [1, 3]]
     labels = collate([([1, 2], [3]), ([4], [5, 6, 7])], pad=0, multiple=8)["labels"]
     assert labels.tolist() == [[-100, -100, 3] + [-100] * 5, [-100, 5, 6, 7] + [-100] * 4]
+
+
+def test_jobs_short_postings_are_a_training_variant():
+    """`filler_lines` makes shorter postings with the same fields and labels; the default task (the
+    one evaluated) is unchanged by the option."""
+    from slimkit.tasks.jobs import FILLER, FILLER_LINES, Jobs
+
+    assert Jobs().split("test", 50) == get_task("jobs").split("test", 50) and FILLER_LINES == (4, 7)
+    short = Jobs(filler_lines=(0, 1)).split("train", 60)
+    full = get_task("jobs").split("train", 60)
+    for exs, lo, hi in ((short, 0, 1), (full, 4, 7)):
+        counts = [sum(f in ex.meta["posting"] for f in FILLER) for ex in exs]
+        assert lo <= min(counts) and max(counts) <= hi
+    assert {ex.meta["label"] for ex in short} == {0, 1}

@@ -112,3 +112,29 @@ def test_wheel_ships_the_toy_world(tmp_path):
     assert out.returncode == 0, out.stderr
     record = json.loads((toy.shipped_dir() / "toy.json").read_text())
     assert f"{record['models']['teacher']['arith']['accuracy']:.3f}" in out.stdout
+
+
+def test_sft_task_windows_and_prompt_loss():
+    """Tasks interleave by weight within their step windows (a curriculum), and the prompt loss adds
+    a language-model loss on the prompt tokens to the answer loss."""
+    from slimkit.toy.sft import _next_task, collate, step_loss
+
+    names, weights = ["arith", "jobs", "jobs-short"], {"arith": 1.0, "jobs": 1.0, "jobs-short": 1.0}
+    windows = {"jobs-short": (0, 4), "jobs": (4, 12), "arith": (6, 12)}
+    phase: dict = {}
+    order = [_next_task(names, weights, windows, phase, step, 12) for step in range(12)]
+    assert order == ["jobs-short"] * 4 + ["jobs"] * 2 + ["arith", "jobs"] * 3
+    tok = toy.toy_tokenizer()
+    model = toy.new_model(tok, seed=0, hidden=64, layers=1, heads=2, kv_heads=1, head_dim=32, intermediate=128)
+    batch = collate([([5, 6, 7, 8], [9, 10]), ([11, 12], [13])], pad=tok.pad_token_id)
+    with torch.no_grad():
+        plain = step_loss(model, batch)
+        assert torch.allclose(plain, model(**batch).loss)
+        assert step_loss(model, batch, 0.5) > plain
+        # only tokens 7 and 8 after the marker 6 (row 0), or a token that never follows it: no aux loss
+        assert step_loss(model, batch, 0.5, only=(6, [7, 8])) > plain
+        assert torch.allclose(step_loss(model, batch, 0.5, only=(6, [5])), plain)
+    from slimkit.toy.build import posting_fields
+
+    marker, ids = posting_fields(tok)["jobs"]
+    assert tok.decode([marker]) == "Posting:" and len(ids) == 24
