@@ -33,9 +33,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -77,9 +79,17 @@ def provenance(settings: dict | None = None) -> dict:
     """The run: command line, commit, date (UTC), machine and the script's settings."""
     describe = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True)
     command = f"python benchmarks/{Path(sys.argv[0]).name} {shlex.join(sys.argv[1:])}".strip()
-    return {"command": command.replace(str(Path.home()), "~"), "commit": describe.stdout.strip() or None,
+    return {"command": portable(command), "commit": describe.stdout.strip() or None,
             "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "machine": machine(),
             "settings": settings or {}}
+
+
+def portable(text: str) -> str:
+    """`text` without this machine's paths: the checkout as ".", the temp dir as $TMPDIR, home as ~."""
+    for path, name in ((ROOT, "."), (Path(tempfile.gettempdir()), "$TMPDIR"), (Path.home(), "~")):
+        for form in {str(path.resolve()), str(path)}:
+            text = re.sub(re.escape(form) + r"(?=/|\s|$|['\"])", name, text)
+    return text
 
 
 def load(area: str, out: Path = RESULTS) -> dict:
