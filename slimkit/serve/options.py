@@ -22,7 +22,7 @@ class SchedulerConfig:
     """Cross-request batching and the bounded queue (`slimkit.serve.scheduler`)."""
     max_batch_tokens: int = 16384       # tokens per engine call (a single larger job still runs alone)
     max_batch_requests: int = 64        # requests per engine call; 1: one request at a time
-    max_queue_delay: float = 0.005      # seconds the oldest queued job waits for more to batch with it
+    max_queue_delay: float = 0.005      # seconds the oldest queued job waits for more on their way in
     max_queue_requests: int = 256       # queued requests beyond which new ones are refused
     max_queue_tokens: int = 262144      # queued tokens beyond which new jobs are refused
 

@@ -2,8 +2,9 @@
 a bounded queue.
 
 Handlers `submit` checked jobs and wait for their tickets; one worker thread owns the engine. It
-waits for work, then up to `max_queue_delay` for more (unless a batch is already full), drops what
-is cancelled or past its deadline, and packs whole jobs of one kind, earliest deadline first, into
+waits for work, then, while other requests are on their way in (handlers checking and tokenizing
+them, inside `arriving`), up to `max_queue_delay` for them (unless a batch is already full): a lone
+request is not held back. It drops what is cancelled or past its deadline, and packs whole jobs of one kind, earliest deadline first, into
 one engine call of at most `max_batch_tokens` tokens and `max_batch_requests` requests (always at
 least one job). A request's items stay together in one call, so its shared prefix is prefilled once.
 The queue is bounded by requests and by tokens: a job that does not fit is refused at once
@@ -18,6 +19,7 @@ import logging
 import math
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +75,7 @@ class Scheduler:
         self._queue: list[Ticket] = []
         self._queued_tokens = 0
         self._busy = False
+        self._arriving = 0                              # handlers between receiving a request and submitting it
         self._accepting, self._stop = True, False
         self._seq = itertools.count()
         self._tokens_per_s = 0.0                        # measured engine speed (moving average)
@@ -99,6 +102,18 @@ class Scheduler:
             self._gauges()
             self._cond.notify_all()
         return ticket
+
+    @contextmanager
+    def arriving(self):
+        """A handler is preparing a job (checking, tokenizing): a batch forming now may wait for it."""
+        with self._cond:
+            self._arriving += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._arriving -= 1
+                self._cond.notify_all()
 
     def wait(self, ticket: Ticket) -> Any:
         """The ticket's result; raises its error, or DeadlineExceeded when its deadline passes first."""
@@ -167,9 +182,11 @@ class Scheduler:
                 self._cond.wait_for(lambda: self._queue or self._stop)
                 if self._stop:
                     return None
-                # The oldest job waits up to max_queue_delay for company, unless a batch is full already.
+                # The oldest job waits up to max_queue_delay for company on its way in, unless a batch is
+                # full already.
                 full = lambda: (self._stop or len(self._queue) >= cfg.max_batch_requests  # noqa: E731
-                                or self._queued_tokens >= cfg.max_batch_tokens or not self._queue)
+                                or self._queued_tokens >= cfg.max_batch_tokens or not self._queue
+                                or not self._arriving)
                 oldest = min(t.arrival for t in self._queue)
                 self._cond.wait_for(full, max(0.0, oldest + cfg.max_queue_delay - time.monotonic()))
                 self._drop_expired()

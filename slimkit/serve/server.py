@@ -114,7 +114,8 @@ class ScorerService(pb_grpc.ScorerServicer):
     @_answer
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
         self._ready()
-        job = self.requests.score(request)
+        with self.scheduler.arriving():                 # the scheduler waits for company only while some arrive
+            job = self.requests.score(request)
         tokens = len(job.shared_ids) + sum(len(i) for i in job.item_ids)
         label_lp, timing = self._run("score", job, tokens, context)
         scores = item_scores(label_lp, job.normalization)
@@ -131,7 +132,8 @@ class ScorerService(pb_grpc.ScorerServicer):
     @_answer
     def LogProbs(self, request: pb.LogProbsRequest, context: grpc.ServicerContext) -> pb.LogProbsResponse:
         self._ready()
-        job = self.requests.logprobs(request)
+        with self.scheduler.arriving():
+            job = self.requests.logprobs(request)
         res, timing = self._run("logprobs", job, len(job.prompt_ids) + len(job.continuation_ids), context)
 
         def tlp(t: int, lp: float) -> pb.TokenLogProb:

@@ -108,6 +108,17 @@ def test_concurrent_requests_share_engine_calls_and_keep_their_scores(torch_engi
         server.stop(0).wait()
 
 
+def test_a_lone_request_does_not_wait_for_company(torch_engine):
+    """The queue delay is spent only on requests on their way in: one client is never held back."""
+    server, addr = _server(torch_engine, max_queue_delay=2.0)
+    try:
+        with ScorerClient(addr) as c:
+            for _ in range(3):
+                assert c.score(QUERY, ITEMS[:2]).queue_seconds < 0.5
+    finally:
+        server.stop(0).wait()
+
+
 def test_token_budget_splits_engine_calls(gated):
     server, addr = _server(gated, max_batch_tokens=1)          # every job is over budget: one per call
     try:
