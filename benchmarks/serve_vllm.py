@@ -17,8 +17,8 @@ prefix caching on, one request at a time. Methods:
   per item through `LLM.classify` on the same token ids; gives P(label 0) over the two labels only.
 
 The trial runs every method on a few requests (exactness and speed); the timed run uses `methods`.
-Each engine (generate, pooling) starts once. Result: per method, per request, the wall seconds of
-its call and the label log-probabilities (vocab-normalized for generation, label-normalized for score).
+Each engine (generate, pooling) starts once. Result: per method, per request, the wall and CPU seconds
+of its call and the label log-probabilities (vocab-normalized for generation, label-normalized for score).
 """
 
 from __future__ import annotations
@@ -84,9 +84,10 @@ def run(spec: dict) -> dict:
                                 ("timed", spec["requests"] if m in spec["methods"] else [])):
                 rows = []
                 for req in reqs:
-                    t1 = time.perf_counter()
+                    t1, c1 = time.perf_counter(), time.process_time()
                     lp = label_logprobs(llm, m, req)
-                    rows.append({"n": req["n"], "seconds": time.perf_counter() - t1, "label_logprobs": lp})
+                    rows.append({"n": req["n"], "seconds": time.perf_counter() - t1, "cpu": time.process_time() - c1,
+                                 "label_logprobs": lp})
                 if rows:
                     out[phase][m] = rows
                     sec = sum(r["seconds"] for r in rows)
