@@ -516,6 +516,8 @@ def main() -> None:
         args.requests = args.per_size
         if len(args.per_size) != len(args.sizes) or args.trial_size not in args.sizes:
             sys.exit("--per-size needs one count per --sizes entry, and --trial-size must be one of --sizes")
+        if "logprob_token_ids" not in args.vllm_methods:
+            sys.exit("--vllm-methods must include logprob_token_ids (the reference the others are checked against)")
         torch.set_num_threads(args.threads)
         return serve_compare.main(args)
     prefix = args.workload == "prefix"
