@@ -46,19 +46,12 @@ def shared_prefix(layers, lengths: list[int], prefix_rows: list[int], device) ->
     return SharedPrefix(layers, lengths, [(r, torch.nonzero(rows == r).flatten()) for r in distinct])
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor,
-            scaling: float) -> torch.Tensor:
-    """Rows' queries q [b, H, L, d] over one prefix's pk, pv [H, P, d] and, causally, their own k, v
-    [b, H, L, d]; returns [b, H, L, d]. A real token never sees a padded one (padding comes last)."""
+def _prefix_part(q: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor, scaling: float):
+    """Rows' queries q [b, H, L, d] over one prefix's pk, pv [H, P, d], all rows' queries as one
+    sequence: (output [b, H, L, d], log-sum-exp [b, H, L])."""
     b, heads, L, d = q.shape
-    qp = q.transpose(0, 1).reshape(1, heads, b * L, d)                # every row's queries as one sequence
-    o_pre, l_pre = _flash(qp, pk[None], pv[None], 0.0, False, scale=scaling)
-    o_own, l_own = _flash(q, k, v, 0.0, True, scale=scaling)
-    o_pre = o_pre[0].reshape(heads, b, L, d).transpose(0, 1)
-    l_pre = l_pre[0].reshape(heads, b, L).transpose(0, 1)
-    lse = torch.logaddexp(l_pre, l_own)                               # the joint softmax's normalizer
-    w_pre, w_own = (l_pre - lse).exp_()[..., None], (l_own - lse).exp_()[..., None]
-    return (o_pre * w_pre.to(o_pre.dtype)).add_(o_own * w_own.to(o_own.dtype))
+    o, lse = _flash(q.transpose(0, 1).reshape(1, heads, b * L, d), pk[None], pv[None], 0.0, False, scale=scaling)
+    return o[0].reshape(heads, b, L, d).transpose(0, 1), lse[0].reshape(heads, b, L).transpose(0, 1)
 
 
 def attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
@@ -71,17 +64,26 @@ def attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     heads, d = query.shape[1], query.shape[3]
     g = heads // key.shape[1]
     scaling = d ** -0.5 if scaling is None else scaling
-    k, v = key.repeat_interleave(g, dim=1), value.repeat_interleave(g, dim=1)
+    # The rows' own tokens, causally (right padding needs no mask: a real token never sees a later one).
+    o_own, l_own = _flash(query, key.repeat_interleave(g, dim=1), value.repeat_interleave(g, dim=1), 0.0, True,
+                          scale=scaling)
+    # Each prefix, for the rows that continue it (its real length only).
     pk_all, pv_all = prefix.layers[module.layer_idx]
-    out = None
+    parts = []
     for r, rows in prefix.groups:
         n = prefix.lengths[r]
         pk, pv = pk_all[r, :, :n].repeat_interleave(g, dim=0), pv_all[r, :, :n].repeat_interleave(g, dim=0)
-        if rows is None:
-            out = _attend(query, k, v, pk, pv, scaling)
-        else:
-            out = torch.empty_like(query) if out is None else out
-            out[rows] = _attend(query[rows], k[rows], v[rows], pk, pv, scaling)
+        parts.append((rows, _prefix_part(query if rows is None else query[rows], pk, pv, scaling)))
+    if parts[0][0] is None:
+        o_pre, l_pre = parts[0][1]
+    else:
+        o_pre, l_pre = torch.empty_like(o_own), torch.empty_like(l_own)
+        for rows, (o, lse) in parts:
+            o_pre[rows], l_pre[rows] = o, lse
+    # One softmax over both parts: weight each by its share of the joint normalizer.
+    lse = torch.logaddexp(l_pre, l_own)
+    w_pre, w_own = (l_pre - lse).exp_()[..., None], (l_own - lse).exp_()[..., None]
+    out = (o_pre * w_pre.to(o_pre.dtype)).add_(o_own * w_own.to(o_own.dtype))
     return out.transpose(1, 2).contiguous(), None
 
 
