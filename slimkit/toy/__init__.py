@@ -16,7 +16,7 @@ import functools
 import os
 from pathlib import Path
 
-VERSION = "toy-v3"
+VERSION = "toy-v4"
 MODELS = ("teacher", "student")
 PREFIX = "toy:"
 
