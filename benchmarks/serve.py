@@ -153,10 +153,23 @@ def bench_batch(engine, args) -> list[dict]:
             cpu[n].append(time.process_time() - c0)
     items = total * args.items
     base_w, base_c = statistics.median(wall[1]), statistics.median(cpu[1])
+    floor = _call_floor(engine)
     return [{"requests_per_call": n, "items_per_s_wall": items / statistics.median(wall[n]),
              "items_per_s_cpu": items / statistics.median(cpu[n]),
-             "speedup_wall": base_w / statistics.median(wall[n]), "speedup_cpu_time": base_c / statistics.median(cpu[n])}
+             "speedup_wall": base_w / statistics.median(wall[n]), "speedup_cpu_time": base_c / statistics.median(cpu[n]),
+             "cpu_ms_per_request_alone": base_c / total * 1000, "cpu_ms_per_tiny_call": floor}
             for n in args.requests_per_call]
+
+
+def _call_floor(engine, calls: int = 50) -> float:
+    """CPU milliseconds of one engine call on a tiny request (2-word query, 1-word item): the fixed
+    cost per call that cross-request batching can amortize."""
+    job = make_job(engine.tokenizer, PromptTemplate(), "go", ["x"], vocab_size=engine.vocab_size)
+    engine.score([job])
+    c0 = time.process_time()
+    for _ in range(calls):
+        engine.score([job])
+    return (time.process_time() - c0) / calls * 1000
 
 
 def bench_prefix(engine, args) -> dict:
@@ -443,7 +456,8 @@ ABOUT = {
             "max_abs_diff_vs_torch: largest label log-probability difference from the torch engine, fp32.",
     "batch": "The torch engine alone, no server: the same requests (1 query x 10 items each) scored n per engine "
              "call, for n in requests_per_call: the ceiling of cross-request batching on this device (interleaved "
-             "runs, median; by wall clock and by the process's CPU time).",
+             "runs, median; by wall clock and by the process's CPU time). cpu_ms_per_request_alone: CPU per request "
+             "at one per call; cpu_ms_per_tiny_call: CPU of one call on a tiny request (the fixed cost per call).",
     "load": "Open-loop load (fixed request rate, latency from the scheduled send time), 1 query x 10 items per "
             "request, gRPC server in the benchmark's process; per scheduler setting (cross-request batching, one "
             "request at a time): capacity (closed loop), offered rates as fractions of it, then a recovery run "
