@@ -142,19 +142,35 @@ def score_through(client, split: str, n: int, items: int, requests: int) -> dict
 
 # -- one artifact ----------------------------------------------------------------------------------
 
-def measure(model_dir: str | Path, settings, *, compression=None, arith: bool = True) -> dict[str, Any]:
+def item_compression(spec: dict | None):
+    """The scorer's ItemCompression from a spec {compressor, rate, with_query, tokenizer} (None: none)."""
+    if spec is None:
+        return None
+    from slimkit.compress import context
+    from slimkit.serve.compression import ItemCompression
+
+    ref = spec["compressor"]
+    comp = context.load(ref, tokenizer=spec["tokenizer"]) if ref in context.BASELINES else context.load(ref)
+    return ItemCompression(comp, spec["rate"], with_query=spec["with_query"])
+
+
+def measure(model_dir: str | Path, settings, *, compression: dict | None = None, arith: bool = True) -> dict[str, Any]:
     """Every figure of the model in `model_dir` (`settings`: the recipe's EvalSettings); `compression`:
-    an ItemCompression applied by the scorer; `arith=False` skips generation (it is unchanged)."""
+    the spec of an item compression the scorer applies; `arith=False` skips generation (it is unchanged)."""
     model_dir = Path(model_dir)
     engine_name = engine_for(model_dir)
-    if engine_name == "vllm":
+    if engine_name == "vllm" and "vllm" not in sys.modules and not _importable("vllm"):
         return measure_in_env(model_dir, settings, arith=arith, compression=compression)
     import torch
 
     from slimkit.serve.engine import load_engine
 
     torch.set_num_threads(settings.threads)
-    options = {"threads": settings.threads} if engine_name == "onnxruntime" else {}
+    options: dict[str, Any] = {"threads": settings.threads} if engine_name == "onnxruntime" else {}
+    if engine_name != "onnxruntime":
+        options["dtype"] = settings.dtype
+    if engine_name == "torch":
+        options["device"] = settings.device
     engine = load_engine(engine_name, model_dir, **options)
     try:
         with torch.inference_mode():
@@ -162,18 +178,22 @@ def measure(model_dir: str | Path, settings, *, compression=None, arith: bool = 
             if arith:
                 out |= arith_figures(engine, settings.split, settings.arith_n, settings.max_new_tokens)
             out |= scorer_figures(engine, settings.split, settings.jobs_n, settings.items, settings.requests,
-                                  compression)
+                                  item_compression(compression))
     finally:
         engine.close()
     return out
 
 
-def measure_in_env(model_dir: Path, settings, *, arith: bool, compression=None) -> dict[str, Any]:
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def measure_in_env(model_dir: Path, settings, *, arith: bool, compression: dict | None = None) -> dict[str, Any]:
     """Measure with vLLM inside .venv-vllm (a subprocess running this module)."""
     from slimkit.compress.quantize import ROOT
 
-    if compression is not None:
-        raise SlimkitError("context compression in front of a vLLM-served model is measured by the serve stage only")
     python = ROOT / VLLM_ENV / "bin/python"
     if not python.exists():
         raise SlimkitError(f"{model_dir} runs on vLLM, which lives in {VLLM_ENV}: create it with "
@@ -181,7 +201,8 @@ def measure_in_env(model_dir: Path, settings, *, arith: bool, compression=None) 
     with tempfile.TemporaryDirectory(prefix="slimkit-measure-") as tmp:
         out = Path(tmp) / "figures.json"
         cmd = [str(python), "-m", "slimkit.pipeline.measure", str(model_dir), "--out", str(out),
-               "--settings", settings.model_dump_json()] + ([] if arith else ["--no-arith"])
+               "--settings", settings.model_dump_json(), "--compression", json.dumps(compression)]
+        cmd += [] if arith else ["--no-arith"]
         env = os.environ | {"PYTHONPATH": str(ROOT), "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
         r = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if r.returncode != 0:
@@ -193,24 +214,17 @@ def measure_in_env(model_dir: Path, settings, *, arith: bool, compression=None) 
 def main() -> None:
     """The vLLM environment's side of `measure_in_env`."""
     from slimkit.pipeline.recipe import EvalSettings
-    from slimkit.serve.engine import load_engine
 
     ap = argparse.ArgumentParser(prog="python -m slimkit.pipeline.measure")
     ap.add_argument("model_dir", type=Path)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--settings", required=True)
+    ap.add_argument("--compression", default="null")
     ap.add_argument("--no-arith", action="store_true")
     args = ap.parse_args()
-    settings = EvalSettings.model_validate_json(args.settings)
-    engine = load_engine("vllm", args.model_dir)
-    try:
-        out: dict[str, Any] = {"engine": "vllm", "size_mb": size_mb(args.model_dir)}
-        if not args.no_arith:
-            out |= arith_figures(engine, settings.split, settings.arith_n, settings.max_new_tokens)
-        out |= scorer_figures(engine, settings.split, settings.jobs_n, settings.items, settings.requests)
-    finally:
-        engine.close()
-    args.out.write_text(json.dumps(out))
+    figures = measure(args.model_dir, EvalSettings.model_validate_json(args.settings),
+                      compression=json.loads(args.compression), arith=not args.no_arith)
+    args.out.write_text(json.dumps(figures))
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ class EvalSettings(StageConfig):
     items: int = Field(64, ge=1, description="postings per timed scorer request (1 query x items)")
     requests: int = Field(20, ge=1, description="timed requests per artifact (items/s and p99)")
     threads: int = Field(1, ge=1, description="torch / onnxruntime threads while measuring")
+    device: str = Field("cpu", description="torch engine: cpu | cuda | cuda:N (also the serve stage's)")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="torch / vLLM engine precision")
 
 
 Gate = dict[str, str]

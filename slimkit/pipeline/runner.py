@@ -106,8 +106,9 @@ def _inputs(run: stages.Run, name: str, paths: dict[str, Path]) -> list[Path]:
     return [src]
 
 
-def run_stage(run: stages.Run, name: str, src: Path, model_of: dict[str, Path], *, entry: dict, key: str) -> tuple[Path, dict[str, Any] | None]:
-    """The stage's work; returns its artifact and, for serve, its figures."""
+def run_stage(run: stages.Run, name: str, src: Path, model_of: dict[str, Path], *, same_run: bool, console) -> tuple[Path, dict[str, Any] | None]:
+    """The stage's work; returns its artifact and, for serve, its figures. `same_run`: an earlier
+    attempt of this stage had the same key (its distillation run may be resumed)."""
     out = run.artifact(name)
     overwrite = out.exists()
     if name in stages.TRAINED:
@@ -115,8 +116,10 @@ def run_stage(run: stages.Run, name: str, src: Path, model_of: dict[str, Path], 
 
         run_dir = run.root / name
         is_run = rundir.is_run_dir(run_dir)
-        resume = is_run and entry.get("pending_key") == key and checkpoint.latest(run_dir / rundir.CHECKPOINTS) is not None
-        entry["pending_key"] = key
+        latest = checkpoint.latest(run_dir / rundir.CHECKPOINTS) if is_run else None
+        resume = same_run and latest is not None
+        if resume:
+            console.print(f"{name}: resuming the interrupted run from {latest.name}")
         fn = stages.run_distill if name == "distill" else stages.run_recover
         return fn(run, src, resume=resume, overwrite=is_run and not resume), None
     if name == "prune":
@@ -169,8 +172,10 @@ def execute(recipe: PipelineRecipe, root: Path, source: str, console) -> dict[st
             stage_metrics = block["metrics"]
         else:
             console.print(f"[bold]{name}[/]: running (reads {src_name})")
+            same_run = entry.get("pending_key") == key
+            entry["pending_key"] = key
             record.save()
-            art, figures = run_stage(run, name, src, model_of, entry=entry, key=key)
+            art, figures = run_stage(run, name, src, model_of, same_run=same_run, console=console)
             record.save()
             stage_metrics = measure_stage(run, name, art, metrics[src_name], model_of, figures)
             annotate(art, {"stage": name, "section": f"stages.{name}", "parent": str(src), "parent_stage": src_name,

@@ -145,6 +145,8 @@ def check(run: Run) -> list[str]:
             _check_vocab(teacher, config_dir[src], where)
             if cfg.data.task:
                 get_task(cfg.data.task)
+            if cfg.data.path and not Path(cfg.data.path).expanduser().is_file():
+                raise PipelineError(f"stages.{name}.recipe: data.path {cfg.data.path} does not exist")
             note = f"{cfg.train.steps} steps, loss {cfg.loss.kind}, data {cfg.data.task or cfg.data.path}"
         elif name == "prune":
             note = _check_prune(section, config_dir[src])
@@ -312,15 +314,11 @@ def run_context(run: Run, inp: Path, *, overwrite: bool) -> Path:
     return out
 
 
-def compression_of(run: Run, scorer_model: Path):
-    """The scorer's item compression that the context stage's artifact describes."""
-    from slimkit.compress import context
-    from slimkit.serve.compression import ItemCompression
-
+def compression_of(run: Run, scorer_model: Path) -> dict:
+    """The spec of the scorer's item compression that the context stage's artifact describes."""
     s = run.recipe.stages.context
     ref = run.artifact("context") if s.compressor == "classifier" else s.compressor
-    comp = context.load(ref, tokenizer=str(scorer_model)) if s.compressor in context.BASELINES else context.load(ref)
-    return ItemCompression(comp, s.rate, with_query=s.with_query)
+    return {"compressor": str(ref), "rate": s.rate, "with_query": s.with_query, "tokenizer": str(scorer_model)}
 
 
 def run_serve(run: Run, model: Path, *, overwrite: bool) -> tuple[Path, dict[str, Any]]:
@@ -332,6 +330,8 @@ def run_serve(run: Run, model: Path, *, overwrite: bool) -> tuple[Path, dict[str
     engine, ev = serve_engine(run), run.recipe.eval
     python = env_python(".venv-vllm", "stage serve (engine vllm)") if engine == "vllm" else Path(sys.executable)
     cmd = [str(python), "-m", "slimkit.serve", str(model), "--engine", engine, "--port", "0"]
+    if engine != "onnxruntime":
+        cmd += ["--dtype", ev.dtype] + (["--device", ev.device] if engine == "torch" else [])
     ctx = run.recipe.stages.context
     if ctx is not None:
         compressor = run.artifact("context") if ctx.compressor == "classifier" else ctx.compressor
