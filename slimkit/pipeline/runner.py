@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from slimkit import artifacts
+from slimkit.errors import SlimkitError
 from slimkit.pipeline import gates, measure, report, stages
 from slimkit.pipeline.recipe import PipelineError, PipelineRecipe, stage_recipe_data
 
@@ -175,9 +176,13 @@ def execute(recipe: PipelineRecipe, root: Path, source: str, console) -> dict[st
             same_run = entry.get("pending_key") == key
             entry["pending_key"] = key
             record.save()
-            art, figures = run_stage(run, name, src, model_of, same_run=same_run, console=console)
-            record.save()
-            stage_metrics = measure_stage(run, name, art, metrics[src_name], model_of, figures)
+            try:
+                art, figures = run_stage(run, name, src, model_of, same_run=same_run, console=console)
+                stage_metrics = measure_stage(run, name, art, metrics[src_name], model_of, figures)
+            except SlimkitError as e:
+                done = recipe.enabled()[: recipe.enabled().index(name)]
+                raise PipelineError(f"stage {name}: {e}. Earlier artifacts ({', '.join(done) or 'none'}) are intact "
+                                    f"in {root}") from None
             annotate(art, {"stage": name, "section": f"stages.{name}", "parent": str(src), "parent_stage": src_name,
                            "key": key, "metrics": stage_metrics, "recipe": source})
         paths[name], metrics[name] = art, stage_metrics

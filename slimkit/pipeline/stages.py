@@ -264,7 +264,7 @@ def run_distill(run: Run, inp: Path, *, resume: bool, overwrite: bool) -> Path:
                          name="distill")
     result = train(cfg, resume=resume, overwrite=overwrite)
     if result["stopped"]:
-        raise PipelineError(f"stage distill stopped at step {result['step']} (signal): rerun the pipeline to resume it")
+        raise PipelineError(f"stopped at step {result['step']} (signal): rerun the pipeline to resume it")
     return Path(result["student"])
 
 
@@ -285,10 +285,11 @@ def run_recover(run: Run, inp: Path, *, resume: bool, overwrite: bool) -> Path:
     cfg = distill_config(run.recipe.stages.recover, teacher=recover_teacher(run), student=inp,
                          out=run.root / "recover", name="recover")
     try:
-        result = run_recovery(cfg, inp, overwrite=overwrite, resume=resume)
+        return Path(run_recovery(cfg, inp, overwrite=overwrite, resume=resume)["student"])
     except SlimkitError as e:
-        raise PipelineError(f"stage recover: {e} (rerun the pipeline to resume it)") from None
-    return Path(result["student"])
+        if "stopped at step" not in str(e):
+            raise
+        raise PipelineError(f"{e}: rerun the pipeline to resume it") from None
 
 
 def run_quantize(run: Run, inp: Path, *, overwrite: bool) -> Path:
