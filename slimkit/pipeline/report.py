@@ -28,7 +28,8 @@ def rows(record: dict[str, Any]) -> list[dict[str, Any]]:
         failed = [c["metric"] for c in e["gate"] if not c["passed"]]
         gate = ("FAILED " + ", ".join(failed)) if failed else f"ok ({len(e['gate'])})" if e["gate"] else "-"
         out.append({"name": name, "reads": e["parent"], "metrics": e["metrics"], "gate": gate,
-                    "where": e["artifact"], "seconds": f"{e['seconds']:.0f}"})
+                    "where": e["artifact"],
+                    "seconds": f"{e.get('seconds', 0):.0f}" + (" (skipped now)" if e.get("skipped") else "")})
     return out
 
 
@@ -77,8 +78,8 @@ def plots(root: Path, record: dict[str, Any]) -> None:
     rs = [r for r in rows(record) if r["metrics"].get("size_mb") is not None]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, label in ((axes[0], "arith_acc", "arith accuracy"), (axes[1], "jobs_auc", "jobs AUC")):
-        for r in rs:
-            if r["metrics"].get(key) is not None:
+        for r in rs:                                 # context and serve rows repeat their model's arith
+            if r["metrics"].get(key) is not None and not (key == "arith_acc" and r["name"] in ("context", "serve")):
                 ax.scatter(r["metrics"]["size_mb"], r["metrics"][key])
                 ax.annotate(r["name"], (r["metrics"]["size_mb"], r["metrics"][key]), fontsize=8,
                             textcoords="offset points", xytext=(4, 4))

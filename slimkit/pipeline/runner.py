@@ -107,7 +107,8 @@ def _inputs(run: stages.Run, name: str, paths: dict[str, Path]) -> list[Path]:
     return [src]
 
 
-def run_stage(run: stages.Run, name: str, src: Path, model_of: dict[str, Path], *, same_run: bool, console) -> tuple[Path, dict[str, Any] | None]:
+def run_stage(run: stages.Run, name: str, src: Path, model_of: dict[str, Path], *, same_run: bool,
+              console) -> tuple[Path, dict[str, Any] | None]:
     """The stage's work; returns its artifact and, for serve, its figures. `same_run`: an earlier
     attempt of this stage had the same key (its distillation run may be resumed)."""
     out = run.artifact(name)
@@ -168,9 +169,13 @@ def execute(recipe: PipelineRecipe, root: Path, source: str, console) -> dict[st
         entry, art = record.stage(name), run.artifact(name)
         block = artifacts.read_manifest(art).get("pipeline", {}) if art.is_dir() else {}
         t0 = time.perf_counter()
+        eval_key = _digest(recipe.eval.model_dump(mode="json"))
         if block.get("key") == key:
             console.print(f"[bold]{name}[/]: unchanged since the last run (skipped)")
             stage_metrics = block["metrics"]
+            if block.get("eval") != eval_key:                    # measured with other settings: again
+                stage_metrics = measure_stage(run, name, art, metrics[src_name], model_of, None)
+                annotate(art, block | {"metrics": stage_metrics, "eval": eval_key})
         else:
             console.print(f"[bold]{name}[/]: running (reads {src_name})")
             same_run = entry.get("pending_key") == key
@@ -184,15 +189,15 @@ def execute(recipe: PipelineRecipe, root: Path, source: str, console) -> dict[st
                 raise PipelineError(f"stage {name}: {e}. Earlier artifacts ({', '.join(done) or 'none'}) are intact "
                                     f"in {root}") from None
             annotate(art, {"stage": name, "section": f"stages.{name}", "parent": str(src), "parent_stage": src_name,
-                           "key": key, "metrics": stage_metrics, "recipe": source})
+                           "key": key, "metrics": stage_metrics, "eval": eval_key, "recipe": source})
+            entry["seconds"] = round(time.perf_counter() - t0, 1)
         paths[name], metrics[name] = art, stage_metrics
         if name not in ("context", "serve"):
             model_of[name] = art
         checks = gates.evaluate(getattr(recipe.stages, name).gate, stage_metrics, metrics[src_name],
                                 metrics["teacher"], f"stages.{name}.gate")
         entry.update({"artifact": str(art), "parent": src_name, "key": key, "metrics": stage_metrics,
-                      "seconds": round(time.perf_counter() - t0, 1),
-                      "gate": [vars(c) for c in checks], "status": "ok" if all(c.passed for c in checks) else "gate failed"})
+                      "skipped": block.get("key") == key, "gate": [vars(c) for c in checks], "status": "ok" if all(c.passed for c in checks) else "gate failed"})
         record.save()
         failed = [c for c in checks if not c.passed]
         if failed:
