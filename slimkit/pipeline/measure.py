@@ -143,15 +143,13 @@ def score_through(client, split: str, n: int, items: int, requests: int) -> dict
 # -- one artifact ----------------------------------------------------------------------------------
 
 def item_compression(spec: dict | None):
-    """The scorer's ItemCompression from a spec {compressor, rate, with_query, tokenizer} (None: none)."""
+    """The scorer's ItemCompression from a spec {compressor, rate, with_query} (None: none), loaded as
+    `slimkit serve --compress-items` loads it."""
     if spec is None:
         return None
-    from slimkit.compress import context
     from slimkit.serve.compression import ItemCompression
 
-    ref = spec["compressor"]
-    comp = context.load(ref, tokenizer=spec["tokenizer"]) if ref in context.BASELINES else context.load(ref)
-    return ItemCompression(comp, spec["rate"], with_query=spec["with_query"])
+    return ItemCompression.load(spec["compressor"], spec["rate"], with_query=spec["with_query"])
 
 
 def measure(model_dir: str | Path, settings, *, compression: dict | None = None, arith: bool = True) -> dict[str, Any]:

@@ -118,8 +118,8 @@ class ContextTrain(StageConfig):
 
 
 class ContextStage(StageConfig):
-    """Context compression of the scorer's items: `classifier` trains one here; or a model dir
-    (surprisal / a trained classifier), `head` or `random`."""
+    """Context compression of the scorer's items: `classifier` trains one here; or a compressor
+    directory (a causal LM: surprisal; a trained classifier)."""
 
     compressor: str = "classifier"
     rate: float

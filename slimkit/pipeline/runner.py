@@ -102,7 +102,7 @@ def _inputs(run: stages.Run, name: str, paths: dict[str, Path]) -> list[Path]:
     if name == "context" and run.recipe.stages.context.compressor == "classifier":
         t = run.recipe.stages.context.train.teacher
         return [artifacts.resolve(t) if t else run.teacher]
-    if name == "context" and run.recipe.stages.context.compressor not in ("head", "random"):
+    if name == "context":
         return [artifacts.resolve(run.recipe.stages.context.compressor)]
     return [src]
 
@@ -141,7 +141,7 @@ def measure_stage(run: stages.Run, name: str, art: Path, parent: dict, model_of:
     if name == "serve":
         return same | figures
     if name == "context":
-        comp = stages.compression_of(run, model_of[name])
+        comp = stages.compression_of(run)
         return same | measure.measure(model_of[name], run.recipe.eval, compression=comp, arith=False)
     m = measure.measure(art, run.recipe.eval)
     return m | {"params": measure.count_params(art) or parent.get("params")}

@@ -250,8 +250,10 @@ def _check_context(run: Run, section) -> str:
             else run.teacher
         return (f"trains a keep/drop classifier on {section.train.n} pairs labelled by {teacher.name}, "
                 f"rate {section.rate}")
-    if section.compressor not in BASELINES:
-        ref_dir(section.compressor, "stages.context.compressor")
+    if section.compressor in BASELINES:
+        raise PipelineError(f"stage context: {section.compressor} is a baseline that `slimkit serve` does not load: "
+                            "use compressor: classifier (trained here) or a compressor directory")
+    ref_dir(section.compressor, "stages.context.compressor")
     return f"compressor {section.compressor}, rate {section.rate}"
 
 
@@ -315,11 +317,11 @@ def run_context(run: Run, inp: Path, *, overwrite: bool) -> Path:
     return out
 
 
-def compression_of(run: Run, scorer_model: Path) -> dict:
+def compression_of(run: Run) -> dict:
     """The spec of the scorer's item compression that the context stage's artifact describes."""
     s = run.recipe.stages.context
     ref = run.artifact("context") if s.compressor == "classifier" else s.compressor
-    return {"compressor": str(ref), "rate": s.rate, "with_query": s.with_query, "tokenizer": str(scorer_model)}
+    return {"compressor": str(ref), "rate": s.rate, "with_query": s.with_query}
 
 
 def run_serve(run: Run, model: Path, *, overwrite: bool) -> tuple[Path, dict[str, Any]]:
@@ -333,11 +335,10 @@ def run_serve(run: Run, model: Path, *, overwrite: bool) -> tuple[Path, dict[str
     cmd = [str(python), "-m", "slimkit.serve", str(model), "--engine", engine, "--port", "0"]
     if engine != "onnxruntime":
         cmd += ["--dtype", ev.dtype] + (["--device", ev.device] if engine == "torch" else [])
-    ctx = run.recipe.stages.context
-    if ctx is not None:
-        compressor = run.artifact("context") if ctx.compressor == "classifier" else ctx.compressor
-        cmd += ["--compress-items", str(ctx.rate), "--compressor", str(compressor)]
-        cmd += ["--compress-with-query"] if ctx.with_query else []
+    if run.recipe.stages.context is not None:
+        spec = compression_of(run)
+        cmd += ["--compress-items", str(spec["rate"]), "--compressor", spec["compressor"]]
+        cmd += ["--compress-with-query"] if spec["with_query"] else []
     env = os.environ | {"OMP_NUM_THREADS": str(ev.threads), "PYTHONPATH": _pythonpath()}
     with tempfile.TemporaryDirectory(prefix="slimkit-serve-") as tmp:
         port_file = Path(tmp) / "port"

@@ -72,6 +72,8 @@ BASE = "teacher: toy:teacher\nstudent: toy:student\n"
     ("stages: {quantize: {scheme: int3}}", "unknown scheme 'int3'"),
     ("stages: {distill: {recipe: {loss: {kind: sideways}}}}", "loss.kind"),
     ("stages: {context: {rate: 2.0}, serve: {}}", "rate must be in (0, 1]"),
+    ("stages: {context: {compressor: head, rate: 0.5}, serve: {}}", "baseline that `slimkit serve` does not load"),
+    ("stages: {context: {rate: 0.5}}", "add a serve stage after it"),
     ("stages: {distill: {recipe: {data: {task: null, path: /nowhere.jsonl}}}}", "data.path /nowhere.jsonl does not exist"),
 ])
 def test_recipe_errors_are_one_line(monkeypatch, capsys, tmp_path, body, message):
