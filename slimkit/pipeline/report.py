@@ -125,6 +125,8 @@ def write(root: Path, record: dict[str, Any], console) -> Path:
     from rich.markup import escape
 
     Console(file=console.file, width=max(console.width, 150)).print(table(record))
+    for r in rows(record):
+        console.print(f"  {r['name']:>8}: {r['where']}", highlight=False)
     batch = batch_lines(root)
     for line in batch:
         console.print(escape(line), highlight=False)
