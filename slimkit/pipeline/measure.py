@@ -152,18 +152,21 @@ def item_compression(spec: dict | None):
     return ItemCompression.load(spec["compressor"], spec["rate"], with_query=spec["with_query"])
 
 
-def measure(model_dir: str | Path, settings, *, compression: dict | None = None, arith: bool = True) -> dict[str, Any]:
+def measure(model_dir: str | Path, settings, *, compression: dict | None = None, arith: bool = True,
+            engine: str | None = None) -> dict[str, Any]:
     """Every figure of the model in `model_dir` (`settings`: the recipe's EvalSettings); `compression`:
-    the spec of an item compression the scorer applies; `arith=False` skips generation (it is unchanged)."""
+    the spec of an item compression the scorer applies; `arith=False` skips generation (it is unchanged);
+    `engine`: default, the one the artifact needs (`engine_for`)."""
     model_dir = Path(model_dir)
-    engine_name = engine_for(model_dir)
+    engine_name = engine or engine_for(model_dir)
     if engine_name == "vllm" and "vllm" not in sys.modules and not _importable("vllm"):
         return measure_in_env(model_dir, settings, arith=arith, compression=compression)
     import torch
 
     from slimkit.serve.engine import load_engine
 
-    torch.set_num_threads(settings.threads)
+    if engine_name != "vllm":             # vLLM's CPU attention keeps the thread count it started with
+        torch.set_num_threads(settings.threads)
     options: dict[str, Any] = {"threads": settings.threads} if engine_name == "onnxruntime" else {}
     if engine_name != "onnxruntime":
         options["dtype"] = settings.dtype
@@ -221,7 +224,7 @@ def main() -> None:
     ap.add_argument("--no-arith", action="store_true")
     args = ap.parse_args()
     figures = measure(args.model_dir, EvalSettings.model_validate_json(args.settings),
-                      compression=json.loads(args.compression), arith=not args.no_arith)
+                      compression=json.loads(args.compression), arith=not args.no_arith, engine="vllm")
     args.out.write_text(json.dumps(figures))
 
 
