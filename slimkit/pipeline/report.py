@@ -112,10 +112,11 @@ def batch_lines(root: Path) -> list[str]:
     if not path.is_file():
         return []
     batch = json.loads(path.read_text())
-    lines = [f"served batch (RUN/serve/batch.json): query {batch['query']!r}"]
+    query = " / ".join(batch["query"].splitlines())
+    lines = [f"served batch (RUN/serve/batch.json), query: {query}"]
     for it in batch["items"]:
         text = " ".join(it["posting"].split())
-        lines.append(f"  P(yes) {it['p_yes']:.3f}  {text[:90]}{'...' if len(text) > 90 else ''}")
+        lines.append(f"  P(yes) {it['p_yes']:.3f}  {text[:70]}{'...' if len(text) > 70 else ''}")
     return lines
 
 

@@ -386,11 +386,14 @@ def _wait_for_port(proc: subprocess.Popen, port_file: Path, log, timeout: float 
 
 
 def _sample_batch(client) -> dict[str, Any]:
-    """One query against a few validation postings, scored through the client (kept in the artifact)."""
+    """The query of the first relevant validation pair against its posting and 7 others, scored through
+    the client, best first (kept in the artifact)."""
     from slimkit.tasks import get_task
 
-    examples = get_task("jobs").split("validation", 8)
-    query = examples[0].meta["query"]
-    res = client.score(query, [ex.meta["posting"] for ex in examples])
-    return {"query": query, "items": [{"posting": ex.meta["posting"], "p_yes": s}
-                                      for ex, s in zip(examples, res.scores, strict=True)]}
+    examples = get_task("jobs").split("validation", 64)
+    hit = next((ex for ex in examples if ex.meta["label"]), examples[0])
+    postings = [hit.meta["posting"]] + [ex.meta["posting"] for ex in examples if ex is not hit][:7]
+    res = client.score(hit.meta["query"], postings)
+    items = sorted(({"posting": p, "p_yes": s} for p, s in zip(postings, res.scores, strict=True)),
+                   key=lambda it: -it["p_yes"])
+    return {"query": hit.meta["query"], "items": items}
