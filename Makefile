@@ -75,9 +75,11 @@ test: setup envs
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# The toy world ships with the package: the demo reports on it (no training).
-demo: setup
-	$(BIN)/slimkit toy report
+# The whole path on the shipped toy world (no world training): `slimkit pipeline recipes/toy.yaml`
+# distills, prunes, recovers, quantizes (onnx-int8, in .venv-onnx), compresses the scorer's context,
+# serves the result over gRPC and prints the report (runs/demo/report.md). A rerun skips what is done.
+demo: setup $(ONNX_ENV)/.installed
+	$(BIN)/slimkit pipeline recipes/toy.yaml --out runs/demo
 
 lint: setup
 	$(BIN)/ruff check slimkit tests benchmarks

@@ -233,6 +233,27 @@ def prune_cmd(
                   f"({p['kept_fraction']:.1%}), shape {info['shape']['pruned']}")
 
 
+@app.command("pipeline")
+def pipeline_cmd(
+    recipe: str = typer.Argument(..., help="pipeline recipe (YAML), e.g. recipes/toy.yaml"),
+    out: str | None = typer.Option(None, "--out", "-o", help="run directory (default: the recipe's `out`)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="validate the recipe, paths and environments; no work"),
+    set_: list[str] = typer.Option(None, "--set", help="override a recipe key: --set stages.prune.target_params=0.5"),
+) -> None:
+    """Run a recipe's stages in order (distill, prune, recover, quantize, context, serve), each with a
+    quality gate; a rerun skips unchanged stages and resumes an interrupted one.
+
+    Examples:
+
+        slimkit pipeline recipes/toy.yaml --out runs/toy
+
+        slimkit pipeline recipes/job-scorer.yaml --dry-run
+    """
+    from slimkit.pipeline import pipeline
+
+    pipeline(recipe, out=out, dry_run=dry_run, overrides=set_ or [], console=console)
+
+
 app.command("serve")(serve_cmd)
 app.add_typer(context_app, name="compress-context")
 

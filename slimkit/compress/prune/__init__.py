@@ -154,13 +154,14 @@ def recovery_recipe(recipe: str, overrides: list[str], *, parent: Path, overwrit
     return cfg
 
 
-def run_recovery(cfg, pruned: Path, *, overwrite: bool = False) -> dict[str, Any]:
-    """Distill the pruned model (`pruned`) from the recipe's teacher; returns the trainer's summary."""
+def run_recovery(cfg, pruned: Path, *, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Distill the pruned model (`pruned`) from the recipe's teacher; returns the trainer's summary.
+    `resume` continues an interrupted recovery run (`slimkit pipeline` does)."""
     from slimkit.compress.distill import train
 
     cfg = cfg.model_copy(deep=True)
     cfg.student = str(pruned)
-    result = train(cfg, overwrite=overwrite)
+    result = train(cfg, overwrite=overwrite, resume=resume)
     if result["stopped"]:
         raise PruneError(f"recovery stopped at step {result['step']} (signal): the pruned model was not written")
     return result
