@@ -187,6 +187,8 @@ class TruncationConfig(StageConfig):
 
     ratio: float | None = Field(None, description="keep the first ratio of each response's tokens, in (0, 1]")
     tokens: int | None = Field(None, ge=1, description="keep the first `tokens` of each response instead")
+    keep_answer: bool = Field(False, description=(
+        "ratio / tokens count the reasoning only, and the answer section follows the kept reasoning whole"))
     supervise: list[Section] = Field(default_factory=lambda: ["CoT", "A"], description=(
         "the sections trained on: any of P, CoT, A (a list, or one string such as 'CoT+A')"))
     markers: MarkersConfig | Literal["auto", "none"] = Field("auto", description=(
@@ -228,6 +230,10 @@ class SodaConfig(StageConfig):
     mix: Literal["none", "forward", "sft"] = Field("none", description=(
         "an extra term on the teacher response: forward KL to the live teacher, or its NLL (SFT)"))
     mix_weight: float = Field(1.0, ge=0.0, description="weight of the mix term (per-token mean per pair)")
+    rejected: Literal["auto", "wrong", "all"] = Field("auto", description=(
+        "the pairs whose DPO term runs: wrong = only those whose student response the task's verifier rejects "
+        "(a correct one is no worse than the teacher's; the mix term still trains on its teacher response), "
+        "all = every pair; auto = wrong when the data has a task, else all"))
     temperature: float = Field(1.0, ge=0.0, description="sampling temperature of the student snapshot")
     max_new_tokens: int | None = Field(None, ge=1, description="default: rollout.max_new_tokens")
     cache: str | None = Field(None, description=(
@@ -322,6 +328,8 @@ class DistillConfig(StageConfig):
             raise ValueError("soda pairs the teacher's response (chosen) with the student's: use rollout.source=teacher")
         if self.loss.teacher != "live" or self.select.method != "all":
             raise ValueError("soda trains on whole responses with a DPO loss: loss.teacher=live and select.method=all")
+        if self.soda.rejected == "wrong" and self.data.task is None:
+            raise ValueError("soda.rejected=wrong needs the task's verifier: data.task, or soda.rejected=all")
 
 
 class StagePatch(StageConfig):

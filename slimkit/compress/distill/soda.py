@@ -7,16 +7,22 @@ the student's the rejected one. The starting student is the reference: its seque
 responses are computed once and cached beside the snapshot (`<snapshot>.reference.json`, fingerprinted
 by the student's weights and the pairs' token ids). No rollouts run during training.
 
+SODA's premise is that the small student's response is worse than the teacher's (the paper: "almost
+strictly inferior"). `soda.rejected: wrong` (the default when the data has a task) keeps that true: a pair whose student response the task's verifier
+accepts has no DPO term (its rejected response is not fed) and trains only through the mix term;
+`all` contrasts every pair (the paper's setting; the only choice without a verifier).
+
 Per pair, with policy log-probs pi (sums over the response tokens) and reference log-probs ref:
 
-    loss = -log sigmoid(beta * ((pi_chosen - ref_chosen) - (pi_rejected - ref_rejected)))
+    loss = -log sigmoid(beta * ((pi_chosen - ref_chosen) - (pi_rejected - ref_rejected)))   [contrasted pairs]
            + mix_weight * mean over the chosen response's tokens of [forward KL to the teacher | -log p]
 
 averaged over the step's pairs (`soda.mix`: none, forward or sft). Sequence log-probs go through
 `slimkit.kernels.linear_logprob` on the student's hidden states (no [tokens x vocab] logits), the
 forward KL through `linear_kl` with the live teacher. `train.prompts_per_step` and `train.micro_batch`
-count pairs (a micro-batch runs 2 x micro_batch sequences). Step records add `dpo_loss`, `margin`
-(mean beta-scaled reward margin), `reward_acc` (share of pairs with a positive margin) and
+count pairs (a micro-batch runs up to 2 x micro_batch sequences). Step records add `dpo_loss`, `margin`
+(mean beta-scaled reward margin), `reward_acc` (share with a positive margin), both over the contrasted
+pairs, `contrast_frac` (their share of the step's pairs) and
 `snapshot_s` (the one-off time of the snapshot and reference at the start of this process).
 """
 
@@ -48,6 +54,7 @@ class Pair:
     rejected: Rollout  # the starting student's response
     ref_chosen: float  # the starting student's sequence log-prob of each
     ref_rejected: float
+    contrast: bool = True  # its DPO term runs (soda.rejected: False when the student's response is correct)
 
 
 def sequence_logprobs(hidden: torch.Tensor, weight: torch.Tensor, batch: Batch,
@@ -92,9 +99,12 @@ class Soda:
         # the reference: the starting student's sequence log-probs of both responses, computed once, cached
         ref_path = cache.with_name(cache.stem + ".reference.json")
         ref = d.env.rank0_first(functools.partial(self._reference, ref_path, chosen, rejected, student_hash))
+        # the contrasted pairs: with soda.rejected wrong, those whose student response the verifier rejects
+        wrong = cfg.rejected == "wrong" or (cfg.rejected == "auto" and d.task is not None)
         self.pairs: list[list[Pair]] = [[] for _ in teacher_source.rollouts]
         for c, r, rc, rr in zip(chosen, rejected, ref["chosen"], ref["rejected"], strict=True):
-            self.pairs[c.example].append(Pair(c, r, rc, rr))
+            contrast = not (wrong and d._verify(r.example, r.completion_ids))
+            self.pairs[c.example].append(Pair(c, r, rc, rr, contrast))
         self.snapshot_s = time.perf_counter() - t0  # one-off cost (small when the caches exist)
 
     # ---------------------------------------------------------------- the pairs
@@ -136,12 +146,15 @@ class Soda:
     def micro_step(self, part: list[Pair], sums: dict[str, float]) -> None:
         d, cfg, n = self.d, self.cfg, len(part)
         chosen = [p.chosen for p in part]
-        batch = collate(chosen + [p.rejected for p in part], d.pad_id, d.env.device)
+        con = [i for i, p in enumerate(part) if p.contrast]  # the pairs whose rejected response is fed
+        batch = collate(batch_rollouts(part, con), d.pad_id, d.env.device)
         w = d.student.get_output_embeddings().weight
         h = self._hidden(d.model, batch)
         pi, lp, seq = sequence_logprobs(h, w, batch, self.vocab)
-        ref = torch.tensor([[p.ref_chosen, p.ref_rejected] for p in part], dtype=pi.dtype, device=pi.device)
-        margin = cfg.beta * ((pi[:n] - ref[:, 0]) - (pi[n:] - ref[:, 1]))
+        ref = torch.tensor([[part[i].ref_chosen, part[i].ref_rejected] for i in con], dtype=pi.dtype,
+                           device=pi.device).reshape(-1, 2)
+        idx = torch.tensor(con, dtype=torch.long, device=pi.device)
+        margin = cfg.beta * ((pi[idx] - ref[:, 0]) - (pi[n:] - ref[:, 1]))
         dpo = -F.logsigmoid(margin).sum()
         loss = dpo
         if cfg.mix != "none":
@@ -155,17 +168,23 @@ class Soda:
                                               reduction="none", vocab_size=self.vocab).loss
             loss = loss + cfg.mix_weight * (per_token / lens[seq[:rows]]).sum()
         loss.backward()  # a sum over pairs: train_step divides the gradients by the step's pairs ("norm")
-        for k, v in {"tokens": n, "kept": n, "norm": n, "sequences": 2 * n, "loss_sum": float(loss.detach()),
-                     "dpo_sum": float(dpo.detach()), "margin_sum": float(margin.detach().sum()),
-                     "reward_acc_n": float((margin > 0).sum()),
-                     "completion_tokens": sum(len(p.chosen.completion_ids) + len(p.rejected.completion_ids)
-                                              for p in part)}.items():
+        for k, v in {"tokens": n, "kept": n, "norm": n, "contrast_n": len(con), "sequences": n + len(con),
+                     "loss_sum": float(loss.detach()), "dpo_sum": float(dpo.detach()),
+                     "margin_sum": float(margin.detach().sum()), "reward_acc_n": float((margin > 0).sum()),
+                     "completion_tokens": sum(len(r.completion_ids) for r in batch_rollouts(part, con))}.items():
             sums[k] += v
 
     def record(self, totals: dict[str, float]) -> dict[str, float]:
-        n = max(totals["kept"], 1.0)
-        return {"dpo_loss": totals["dpo_sum"] / n, "margin": totals["margin_sum"] / n,
-                "reward_acc": totals["reward_acc_n"] / n, "snapshot_s": self.snapshot_s}
+        """dpo_loss, margin and reward_acc: means over the contrasted pairs; contrast_frac: their share."""
+        c = max(totals["contrast_n"], 1.0)
+        return {"dpo_loss": totals["dpo_sum"] / c, "margin": totals["margin_sum"] / c,
+                "reward_acc": totals["reward_acc_n"] / c, "contrast_frac": totals["contrast_n"] / max(totals["kept"], 1.0),
+                "snapshot_s": self.snapshot_s}
+
+
+def batch_rollouts(part: list[Pair], con: list[int]) -> list[Rollout]:
+    """The sequences a micro-batch feeds: every chosen response, then the contrasted pairs' rejected ones."""
+    return [p.chosen for p in part] + [part[i].rejected for i in con]
 
 
 __all__ = ["Pair", "Soda", "fingerprint", "sequence_logprobs"]
