@@ -33,7 +33,9 @@ def test_arith_responses_split_at_their_answer_line(tok):
     assert markers == Markers(answer_start="Answer:")
     k = Splitter(tok, markers).answer_begin(ids)
     assert 0 < k < len(ids)
-    assert "Answer" not in tok.decode(ids[:k]) and "Answer:" in tok.decode(ids[k:])
+    # the marker closes the reasoning, as "</think>" does: the answer section is the number and EOS
+    assert tok.decode(ids[:k]).rstrip().endswith("Answer:")
+    assert tok.decode(ids[k:]).strip() == ex.answer.split()[-1] + tok.eos_token
     assert tok.decode(ids[:k]).startswith(ex.answer.split(" Answer:")[0][:10])
 
 
@@ -142,3 +144,12 @@ def test_ratio_one_on_the_response_is_plain_distillation(pair, tmp_path):
     for k in ga:
         torch.testing.assert_close(gb[k], ga[k])
     assert b["supervised"] == b["kept"]
+
+
+def test_records_the_share_of_prefixes_that_keep_the_end_of_the_reasoning(tok):
+    exs = get_task("arith").split("train", 4)
+    rs = [Rollout([5, 6], _ids(tok, x.answer + tok.eos_token), i) for i, x in enumerate(exs)]
+    for ratio, share in ((1.0, 1.0), (0.5, 0.0)):  # arith's answer line is the last few tokens
+        t = Truncation(TruncationConfig(ratio=ratio), tok, get_task("arith"))
+        sums = t.step_sums(t.apply(rs))
+        assert t.record({**sums, "kept": 1.0})["reasoning_end_kept"] == share

@@ -187,8 +187,6 @@ class TruncationConfig(StageConfig):
 
     ratio: float | None = Field(None, description="keep the first ratio of each response's tokens, in (0, 1]")
     tokens: int | None = Field(None, ge=1, description="keep the first `tokens` of each response instead")
-    keep_answer: bool = Field(False, description=(
-        "ratio / tokens count the reasoning only, and the answer section follows the kept reasoning whole"))
     supervise: list[Section] = Field(default_factory=lambda: ["CoT", "A"], description=(
         "the sections trained on: any of P, CoT, A (a list, or one string such as 'CoT+A')"))
     markers: MarkersConfig | Literal["auto", "none"] = Field("auto", description=(
