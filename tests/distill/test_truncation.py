@@ -86,12 +86,21 @@ def test_kept_prefix_and_supervised_sections(tok):
     assert cut(ratio=1e-6).completion_ids == resp[:1]  # at least one token of every response
 
 
+def test_ratio_of_longest_is_a_budget_that_keeps_shorter_responses_whole(tok):
+    rs = [Rollout([5], list(range(10, 30)), 0), Rollout([5], list(range(10, 19)), 1), Rollout([5], [7], 2)]
+    t = Truncation(TruncationConfig(ratio=0.5, ratio_of="longest", markers="none"), tok)
+    assert [len(r.completion_ids) for r in t.apply(rs)] == [10, 9, 1]  # ceil(0.5 x 20) = 10 tokens at most
+    per_response = Truncation(TruncationConfig(ratio=0.5, markers="none"), tok)
+    assert [len(r.completion_ids) for r in per_response.apply(rs)] == [10, 5, 1]
+
+
 @pytest.mark.parametrize("extra, message", [
     (("truncation.ratio=0",), r"truncation\.ratio must lie in \(0, 1\], got 0"),
     (("truncation.ratio=1.5",), r"truncation\.ratio must lie in \(0, 1\], got 1.5"),
     (("truncation.supervise=[CoT, Answer]",), "unknown section 'Answer': choose among P, CoT, A"),
     (("truncation.supervise=Cot+A",), "unknown section 'Cot'"),
     (("truncation.ratio=0.5", "truncation.tokens=8"), "set ratio or tokens, not both"),
+    (("truncation.tokens=8", "truncation.ratio_of=longest"), "ratio_of=longest scales truncation.ratio"),
     (("truncation.markers={cot_end: '</think>', answer_start: 'A:'}",), "exactly one of cot_end"),
     (("truncation.ratio=0.5", "rollout.source=teacher", "loss.teacher=topk"), "use loss.teacher=live"),
     (("truncation.ratio=0.5", "rollout.source=teacher", "soda.beta=0.1"), "soda and truncation do not combine"),

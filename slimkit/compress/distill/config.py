@@ -187,6 +187,10 @@ class TruncationConfig(StageConfig):
 
     ratio: float | None = Field(None, description="keep the first ratio of each response's tokens, in (0, 1]")
     tokens: int | None = Field(None, ge=1, description="keep the first `tokens` of each response instead")
+    ratio_of: Literal["response", "longest"] = Field("response", description=(
+        "response: each response keeps the first ratio of its own tokens (the paper); longest: each keeps at "
+        "most ratio x the longest response of the step (a token budget that scales with the data: shorter "
+        "responses stay whole, and a padded batch is as narrow as with `response`)"))
     supervise: list[Section] = Field(default_factory=lambda: ["CoT", "A"], description=(
         "the sections trained on: any of P, CoT, A (a list, or one string such as 'CoT+A')"))
     markers: MarkersConfig | Literal["auto", "none"] = Field("auto", description=(
@@ -217,6 +221,8 @@ class TruncationConfig(StageConfig):
     def _check(self) -> TruncationConfig:
         if self.ratio is not None and self.tokens is not None:
             raise ValueError("truncation: set ratio or tokens, not both")
+        if self.ratio_of == "longest" and self.ratio is None:
+            raise ValueError("truncation.ratio_of=longest scales truncation.ratio: set a ratio")
         return self
 
 

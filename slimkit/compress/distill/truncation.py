@@ -13,7 +13,10 @@ Recipe section `truncation:`:
 - `supervise`: the sections whose tokens are loss targets, any of P (prompt tokens after the first),
   CoT and A;
 - `ratio` r in (0, 1] (each response keeps its first ceil(r * length) tokens) or `tokens` (its first N);
-  the sections are found on the whole response first, then the response is cut. The cut tail is gone
+  the sections are found on the whole response first, then the response is cut. `ratio_of: longest`
+  makes r a budget instead: each response keeps at most ceil(r * L) tokens, L the longest response of
+  the step (on this rank), so responses shorter than that stay whole, ends and all, while a padded
+  batch, whose width the longest sequence sets, is as narrow as with per-response r. The cut tail is gone
   from the sequence: neither the teacher nor the student runs on it, which is where time and memory go.
 
 Markers come from the recipe (`markers: {cot_end: ...}` or `{answer_start: ...}`), else from the task
@@ -103,19 +106,21 @@ class Truncation:
         self.splitter = Splitter(tok, resolve_markers(cfg, tok, task))
         self.shapes = [model_shape(m) for m in (teacher, student) if m is not None]
 
-    def kept(self, n: int) -> int:
-        """How many of a response's n tokens are kept."""
+    def kept(self, n: int, longest: int = 0) -> int:
+        """How many of a response's n tokens are kept (`longest`: the step's longest response)."""
         if self.cfg.tokens is not None:
             return min(n, self.cfg.tokens)
-        return min(n, max(1, math.ceil((self.cfg.ratio or 1.0) * n))) if n else 0
+        base = longest if self.cfg.ratio_of == "longest" else n
+        return min(n, max(1, math.ceil((self.cfg.ratio or 1.0) * base))) if n else 0
 
     def apply(self, rollouts: Sequence[Rollout]) -> list[Rollout]:
         """New rollouts: each response cut to its kept prefix, with its supervised tokens marked."""
+        longest = max((len(r.completion_ids) for r in rollouts), default=0)
         out = []
         for r in rollouts:
             begin = self.splitter.answer_begin(r.completion_ids)
             labels = sections(len(r.prompt_ids), begin, len(r.completion_ids))
-            k = self.kept(len(r.completion_ids))
+            k = self.kept(len(r.completion_ids), longest)
             # token 0 is never predicted; the others are targets when their section is chosen
             supervise = [j > 0 and s in self.keep_sections for j, s in enumerate(labels[: len(r.prompt_ids) + k])]
             out.append(Rollout(r.prompt_ids, r.completion_ids[:k], r.example, r.key, supervise=supervise))
