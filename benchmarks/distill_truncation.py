@@ -60,7 +60,8 @@ SNAPSHOT = [*TEACHER, "soda.beta=0.1", "soda.temperature=1.0", f"soda.cache={RUN
 SODA = {
     "kd": TEACHER,
     "soda": SNAPSHOT,
-    "soda_fkl": [*SNAPSHOT, "soda.mix=forward"],
+    "soda_fkl": [*SNAPSHOT, "soda.mix=forward"],  # soda.rejected auto: wrong (arith has a verifier)
+    "soda_fkl_all": [*SNAPSHOT, "soda.mix=forward", "soda.rejected=all"],
     "soda_fkl_w5": [*SNAPSHOT, "soda.mix=forward", "soda.mix_weight=5"],
     "opd": ["rollout.source=student", "rollout.temperature=1.0"],
 }

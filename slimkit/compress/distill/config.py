@@ -238,6 +238,9 @@ class SodaConfig(StageConfig):
         "the pairs whose DPO term runs: wrong = only those whose student response the task's verifier rejects "
         "(a correct one is no worse than the teacher's; the mix term still trains on its teacher response), "
         "all = every pair; auto = wrong when the data has a task, else all"))
+    contrast: Literal["sequence", "first_divergence"] = Field("sequence", description=(
+        "sequence: DPO on the responses' whole log-probs (the paper); first_divergence: on the one token where "
+        "they first differ (the rest of the student's response follows from its first departure)"))
     temperature: float = Field(1.0, ge=0.0, description="sampling temperature of the student snapshot")
     max_new_tokens: int | None = Field(None, ge=1, description="default: rollout.max_new_tokens")
     cache: str | None = Field(None, description=(

@@ -55,6 +55,7 @@ class Pair:
     ref_chosen: float  # the starting student's sequence log-prob of each
     ref_rejected: float
     contrast: bool = True  # its DPO term runs (soda.rejected: False when the student's response is correct)
+    first: int = 0  # the first response token where chosen and rejected differ (soda.contrast first_divergence)
 
 
 def sequence_logprobs(hidden: torch.Tensor, weight: torch.Tensor, batch: Batch,
@@ -102,9 +103,15 @@ class Soda:
         # the contrasted pairs: with soda.rejected wrong, those whose student response the verifier rejects
         wrong = cfg.rejected == "wrong" or (cfg.rejected == "auto" and d.task is not None)
         self.pairs: list[list[Pair]] = [[] for _ in teacher_source.rollouts]
-        for c, r, rc, rr in zip(chosen, rejected, ref["chosen"], ref["rejected"], strict=True):
+        for i, (c, r) in enumerate(zip(chosen, rejected, strict=True)):
             contrast = not (wrong and d._verify(r.example, r.completion_ids))
-            self.pairs[c.example].append(Pair(c, r, rc, rr, contrast))
+            first = next((j for j, (a, b) in enumerate(zip(c.completion_ids, r.completion_ids, strict=False))
+                          if a != b), None)
+            rc, rr = ref["chosen"][i], ref["rejected"][i]
+            if cfg.contrast == "first_divergence":  # the reference at that one token; identical responses: none
+                contrast = contrast and first is not None
+                rc, rr = (ref["chosen_tokens"][i][first], ref["rejected_tokens"][i][first]) if contrast else (0.0, 0.0)
+            self.pairs[c.example].append(Pair(c, r, rc, rr, contrast, first or 0))
         self.snapshot_s = time.perf_counter() - t0  # one-off cost (small when the caches exist)
 
     # ---------------------------------------------------------------- the pairs
@@ -130,15 +137,20 @@ class Soda:
                 raise SlimkitError(f"SODA reference cache {path} was made for another student or other responses "
                                    f"(fingerprint {ref.get('fingerprint')} != {fp}); delete it or set soda.cache "
                                    "to a new path")
-            return ref
+            if "chosen_tokens" in ref:  # (a cache of an earlier version has sums only: made again below)
+                return ref
         d = self.d
         body, w = Body(d.student), d.student.get_output_embeddings().weight
-        out = []
+        out, tokens = [], []
         seqs = chosen + rejected
         for i in range(0, len(seqs), _BATCH):
             batch = collate(seqs[i : i + _BATCH], d.pad_id, d.env.device)
-            out += sequence_logprobs(self._hidden(body, batch), w, batch, self.vocab)[0].tolist()
-        ref = {"fingerprint": fp, "chosen": out[: len(chosen)], "rejected": out[len(chosen):]}
+            sums, lp, _ = sequence_logprobs(self._hidden(body, batch), w, batch, self.vocab)
+            out += sums.tolist()
+            tokens += [t.tolist() for t in lp.split(batch.target_mask.sum(1).tolist())]
+        k = len(chosen)
+        ref = {"fingerprint": fp, "chosen": out[:k], "rejected": out[k:], "chosen_tokens": tokens[:k],
+               "rejected_tokens": tokens[k:]}
         artifacts.atomic_write_text(path, json.dumps(ref) + "\n")
         return ref
 
@@ -151,6 +163,10 @@ class Soda:
         w = d.student.get_output_embeddings().weight
         h = self._hidden(d.model, batch)
         pi, lp, seq = sequence_logprobs(h, w, batch, self.vocab)
+        if cfg.contrast == "first_divergence":  # each sequence's log-prob at its pair's first differing token
+            counts = batch.target_mask.sum(1)
+            at = [p.first for p in part] + [part[i].first for i in con]
+            pi = lp[counts.cumsum(0) - counts + torch.tensor(at, device=lp.device)]
         ref = torch.tensor([[part[i].ref_chosen, part[i].ref_rejected] for i in con], dtype=pi.dtype,
                            device=pi.device).reshape(-1, 2)
         idx = torch.tensor(con, dtype=torch.long, device=pi.device)
