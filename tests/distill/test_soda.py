@@ -55,11 +55,12 @@ def test_snapshot_and_reference_are_cached_reused_and_stale_ones_refused(pair, t
         _distiller(pair, out, overwrite=True)
 
 
-@pytest.mark.parametrize("mix", ["forward", "sft"])
-def test_gradient_equals_dpo_on_full_logits(pair, tmp_path, mix):
+@pytest.mark.parametrize("mix, contrast", [("forward", "sequence"), ("sft", "sequence"), ("forward", "first_divergence")])
+def test_gradient_equals_dpo_on_full_logits(pair, tmp_path, mix, contrast):
     d = _distiller(pair, tmp_path / "r", f"soda.mix={mix}", "soda.mix_weight=0.7", "train.fuse_weight_grad=false",
-                   "train.sparse_embedding_grad=false")
-    part = d.soda.get([3, 7, 11])
+                   "train.sparse_embedding_grad=false", f"soda.contrast={contrast}")
+    differ = [i for i, (x,) in enumerate(d.soda.pairs) if x.chosen.completion_ids != x.rejected.completion_ids]
+    part = d.soda.get(differ[:3])
     part[1].contrast = False  # as soda.rejected=wrong leaves a pair whose student response is correct
     with torch.no_grad():  # move the student off the reference, so the DPO margin is not 0
         for q in d.student.parameters():
@@ -76,6 +77,13 @@ def test_gradient_equals_dpo_on_full_logits(pair, tmp_path, mix):
     con = [part[0], part[2]]  # only these pairs have a DPO term
     batch = collate(chosen + [x.rejected for x in con], d.pad_id)
     pi, lp, logits = _logits_logprob(d.student, batch)
+    if contrast == "first_divergence":  # the log-prob of the pair's first differing response token only
+        at = [x.first for x in part] + [x.first for x in con]
+        pi = torch.stack([lp[b][batch.target_mask[b].nonzero()[at[b], 0]] for b in range(len(at))])
+        full = json.loads((tmp_path / "r" / "student_snapshot.reference.json").read_text())  # per-token reference
+        assert [(x.ref_chosen, x.ref_rejected) for x in con] == [
+            (full["chosen_tokens"][x.chosen.example][x.first], full["rejected_tokens"][x.chosen.example][x.first])
+            for x in con]
     ref = torch.tensor([[x.ref_chosen, x.ref_rejected] for x in con], dtype=torch.float64)
     margin = 0.5 * ((pi[[0, 2]] - ref[:, 0]) - (pi[n:] - ref[:, 1]))
     loss = -F.logsigmoid(margin).sum()
