@@ -70,6 +70,13 @@ def sequence_logprobs(hidden: torch.Tensor, weight: torch.Tensor, batch: Batch,
     return sums, lp, seq
 
 
+def _cached_fingerprint(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def fingerprint(student_hash: str, chosen: list[Rollout], rejected: list[Rollout]) -> str:
     h = hashlib.sha256(json.dumps({"student": student_hash}).encode())
     for r in chosen + rejected:
@@ -151,7 +158,9 @@ class Soda:
         k = len(chosen)
         ref = {"fingerprint": fp, "chosen": out[:k], "rejected": out[k:], "chosen_tokens": tokens[:k],
                "rejected_tokens": tokens[k:]}
-        artifacts.atomic_write_text(path, json.dumps(ref) + "\n")
+        # an earlier version's cache of these very pairs (same fingerprint) is ours to replace
+        artifacts.atomic_write_text(path, json.dumps(ref) + "\n", overwrite=True,
+                                    is_own=lambda p: _cached_fingerprint(p) == fp)
         return ref
 
     # ---------------------------------------------------------------- one micro-batch
