@@ -62,6 +62,7 @@ SODA = {
     "soda": SNAPSHOT,
     "soda_fkl": [*SNAPSHOT, "soda.mix=forward"],  # soda.rejected auto: wrong (arith has a verifier)
     "soda_fkl_all": [*SNAPSHOT, "soda.mix=forward", "soda.rejected=all"],
+    "soda_fkl_first": [*SNAPSHOT, "soda.mix=forward", "soda.contrast=first_divergence"],
     "soda_fkl_w5": [*SNAPSHOT, "soda.mix=forward", "soda.mix_weight=5"],
     "opd": ["rollout.source=student", "rollout.temperature=1.0"],
 }

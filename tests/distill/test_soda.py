@@ -97,7 +97,7 @@ def test_gradient_equals_dpo_on_full_logits(pair, tmp_path, mix, contrast):
         lq = torch.log_softmax(t.double(), -1)
         kl = (lq.exp() * (lq - torch.log_softmax(logits[:n].double(), -1))).sum(-1)
         per_seq = (kl * mask).sum(1)
-    loss = loss + 0.7 * (per_seq / lens).sum()
+    loss = loss + 0.7 * per_seq.sum() / lens.sum() * n  # the mean over the step's chosen tokens, x pairs
     loss.backward()
     assert sums["loss_sum"] == pytest.approx(float(loss.detach()), rel=1e-4)
     assert sums["kept"] == n and sums["contrast_n"] == 2 and sums["sequences"] == n + 2 and 0 < abs(sums["margin_sum"])

@@ -233,7 +233,7 @@ class SodaConfig(StageConfig):
     beta: float = Field(0.1, gt=0.0, description="DPO inverse temperature")
     mix: Literal["none", "forward", "sft"] = Field("none", description=(
         "an extra term on the teacher response: forward KL to the live teacher, or its NLL (SFT)"))
-    mix_weight: float = Field(1.0, ge=0.0, description="weight of the mix term (per-token mean per pair)")
+    mix_weight: float = Field(1.0, ge=0.0, description="weight of the mix term (a mean over the step's chosen tokens)")
     rejected: Literal["auto", "wrong", "all"] = Field("auto", description=(
         "the pairs whose DPO term runs: wrong = only those whose student response the task's verifier rejects "
         "(a correct one is no worse than the teacher's; the mix term still trains on its teacher response), "

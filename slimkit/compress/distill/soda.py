@@ -15,10 +15,12 @@ accepts has no DPO term (its rejected response is not fed) and trains only throu
 Per pair, with policy log-probs pi (sums over the response tokens) and reference log-probs ref:
 
     loss = -log sigmoid(beta * ((pi_chosen - ref_chosen) - (pi_rejected - ref_rejected)))   [contrasted pairs]
-           + mix_weight * mean over the chosen response's tokens of [forward KL to the teacher | -log p]
+           + mix_weight * [forward KL to the teacher | -log p] of each chosen-response token
 
-averaged over the step's pairs (`soda.mix`: none, forward or sft). Sequence log-probs go through
-`slimkit.kernels.linear_logprob` on the student's hidden states (no [tokens x vocab] logits), the
+where the DPO terms are averaged over the step's pairs and the mix term over the step's chosen tokens,
+as KD's loss is (so with beta -> 0 SODA's update is KD's on the same teacher responses; under DDP each
+rank's own token count stands in for the step's; `soda.mix`: none, forward or sft). Sequence log-probs
+go through `slimkit.kernels.linear_logprob` on the student's hidden states (no [tokens x vocab] logits), the
 forward KL through `linear_kl` with the live teacher. `train.prompts_per_step` and `train.micro_batch`
 count pairs (a micro-batch runs up to 2 x micro_batch sequences). Step records add `dpo_loss`, `margin`
 (mean beta-scaled reward margin), `reward_acc` (share with a positive margin), both over the contrasted
@@ -123,7 +125,10 @@ class Soda:
 
     # ---------------------------------------------------------------- the pairs
     def get(self, indices, **_) -> list[Pair]:
-        return [p for i in indices for p in self.pairs[i]]
+        """The step's pairs; also notes their count and chosen tokens, which normalise the mix term."""
+        pairs = [p for i in indices for p in self.pairs[i]]
+        self.step_pairs, self.step_tokens = len(pairs), sum(len(p.chosen.completion_ids) for p in pairs)
+        return pairs
 
     def _autocast(self):
         if self.d.cfg.train.dtype == "bfloat16":
@@ -184,14 +189,15 @@ class Soda:
         loss = dpo
         if cfg.mix != "none":
             rows = int((seq < n).sum())  # the chosen responses' rows come first
-            lens = torch.tensor([len(r.completion_ids) for r in chosen], device=h.device).clamp_min(1)
             if cfg.mix == "sft":
                 per_token = -lp[:rows]
             else:
                 teacher = d._teacher_rows(batch.split(n)[0], chosen)
                 per_token = kernels.linear_kl(h[:rows], w, teacher, kind="forward", temperature=d.cfg.loss.temperature,
                                               reduction="none", vocab_size=self.vocab).loss
-            loss = loss + cfg.mix_weight * (per_token / lens[seq[:rows]]).sum()
+            # x pairs / tokens of the step: once train_step divides by the pairs, the mean over the step's
+            # chosen tokens, as KD's loss is (a per-response mean would weigh a short response's tokens more)
+            loss = loss + cfg.mix_weight * per_token.sum() * (self.step_pairs / max(self.step_tokens, 1))
         loss.backward()  # a sum over pairs: train_step divides the gradients by the step's pairs ("norm")
         for k, v in {"tokens": n, "kept": n, "norm": n, "contrast_n": len(con), "sequences": n + len(con),
                      "loss_sum": float(loss.detach()), "dpo_sum": float(dpo.detach()),
