@@ -255,7 +255,8 @@ def timing_part(args) -> None:
         print(rows[-1], flush=True)
     by = {r["config"]: r for r in rows}
     for r in rows:
-        base = by.get("opd") if r["config"].startswith(("soda", "kd")) else by.get(f"r1.0_{r['config'].split('_')[1]}")
+        parts = r["config"].split("_")
+        base = by.get("opd") if parts[0] in ("soda", "kd") else by.get(f"r1.0_{parts[1]}") if len(parts) > 1 else None
         r["step_vs_base"] = r["step_s"] / base["step_s"] if base else None
         r["base"] = base["config"] if base else None
     save(AREA, "timing", rows, key=("config",), about=ABOUT_TIMING, settings=settings(args), out=OUT[0])
