@@ -72,8 +72,9 @@ ABOUT_TOY = ("KD on cached teacher rollouts with `truncation.ratio` r and `trunc
              "end_kept: share of kept prefixes that still reach 'Answer:'. gain_vs_r1: accuracy gain over the start "
              "relative to r = 1 with the same sections; step_s: mean over steps 4..; peak_mem_mb: median step peak "
              "(RSS above the step's start); *_vs_r1: against r = 1 with the same sections in the same record.")
-ABOUT_SODA = ("Toy world, arith: SODA (DPO of the teacher's response vs the starting student's cached one; soda_fkl "
-              "adds forward KL on the teacher response), KD (forward KL on the same teacher rollouts), OPD (forward "
+ABOUT_SODA = ("Toy world, arith: SODA (DPO of the teacher's response vs the starting student's cached one, on the "
+              "pairs whose student response the verifier rejects; soda_fkl adds forward KL on the teacher response, "
+              "soda_fkl_first contrasts only the first differing token, soda_fkl_all every pair), KD (forward KL on the same teacher rollouts), OPD (forward "
               "KL on fresh student rollouts). snapshot_s: SODA's one-off student snapshot and reference log-probs; "
               "train_s: sum of step times (rollouts included); wall_s: the whole process (loading, teacher "
               "rollouts when not cached, the final 600-problem eval); step_vs_opd: mean step "
