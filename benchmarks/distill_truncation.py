@@ -8,7 +8,9 @@
 
 toy: KD (forward KL, live teacher) on cached teacher rollouts of arith (temperature 0.7), one
 `slimkit distill` subprocess per config, truncation ratio r in {0.25, 0.5, 0.75, 1.0} supervising the
-CoT only or every section (P+CoT+A); arith test accuracy (greedy, 600) of the start and of each result.
+CoT only or every section (P+CoT+A), and by default also CoT+A (the recipe's) at r = 1 and 0.5, and
+r = 0.5 as a budget of the step's longest response (`_longest`); arith test accuracy (greedy, 600) of
+the start and of each result. `--seed N` runs them with train.seed N (and its own teacher samples).
 soda: SODA (DPO vs the cached student snapshot, + forward KL on the teacher response for soda_fkl) vs
 plain KD on the same teacher rollouts vs on-policy distillation (OPD, student rollouts), at equal
 steps; `--equal-time NAME` reruns the given configs with the steps that fit in NAME's training time.
@@ -38,6 +40,7 @@ from _common import RESULTS, load, save  # noqa: E402
 
 OUT = [RESULTS]  # the results directory (--out)
 REUSE = [False]  # --reuse
+SEED = [0]  # --seed: train.seed, and the teacher rollouts and student snapshot it samples
 
 AREA = "distill_truncation"
 RUNS = Path("runs/distill_truncation")
@@ -46,24 +49,32 @@ BASE = ["teacher=toy:teacher", "student=toy:student", "data.task=arith", "data.s
         "select.method=all", "select.log_quadrants=false", "optim.lr=2e-3", "optim.warmup_steps=10",
         "train.prompts_per_step=32", "train.micro_batch=32", "train.checkpoint_every=0", "train.live_table=false",
         "eval.at_start=false", "eval.split=test", "eval.n=600", "eval.max_new_tokens=160"]
-TEACHER = ["rollout.source=teacher", "rollout.temperature=0.7", f"rollout.cache={RUNS}/teacher_rollouts_{{n}}.jsonl"]
-SECTIONS = {"cot": "[CoT]", "all": "[P, CoT, A]"}
+TEACHER = ["rollout.source=teacher", "rollout.temperature=0.7", f"rollout.cache={RUNS}/teacher_rollouts_{{n}}{{s}}.jsonl"]
+SECTIONS = {"cot": "[CoT]", "ca": "[CoT, A]", "all": "[P, CoT, A]"}
 TOY = {f"r{r}_{s}": [*TEACHER, f"truncation.ratio={r}", f"truncation.supervise={v}"]
        for s, v in SECTIONS.items() for r in (0.25, 0.5, 0.75, 1.0)}
-SNAPSHOT = [*TEACHER, "soda.beta=0.1", "soda.temperature=1.0", f"soda.cache={RUNS}/student_snapshot_{{n}}.jsonl"]
+TOY |= {f"{k}_longest": [*v, "truncation.ratio_of=longest"] for k, v in TOY.items() if not k.startswith("r1.0")}
+DEFAULT_TOY = [*(f"r{r}_{s}" for s in ("cot", "all") for r in (0.25, 0.5, 0.75, 1.0)), "r1.0_ca", "r0.5_ca",
+               "r0.5_ca_longest"]
+SNAPSHOT = [*TEACHER, "soda.beta=0.1", "soda.temperature=1.0", f"soda.cache={RUNS}/student_snapshot_{{n}}{{s}}.jsonl"]
 SODA = {
     "kd": TEACHER,
     "soda": SNAPSHOT,
-    "soda_fkl": [*SNAPSHOT, "soda.mix=forward"],
+    "soda_fkl": [*SNAPSHOT, "soda.mix=forward"],  # soda.rejected auto: wrong (arith has a verifier)
+    "soda_fkl_all": [*SNAPSHOT, "soda.mix=forward", "soda.rejected=all"],
+    "soda_fkl_first": [*SNAPSHOT, "soda.mix=forward", "soda.contrast=first_divergence"],
     "soda_fkl_w5": [*SNAPSHOT, "soda.mix=forward", "soda.mix_weight=5"],
     "opd": ["rollout.source=student", "rollout.temperature=1.0"],
 }
-ABOUT_TOY = ("KD on cached teacher rollouts with `truncation.ratio` r and `truncation.supervise` (cot: [CoT]; all: "
-             "[P, CoT, A]); arith's reasoning ends at its 'Answer:' line. gain_vs_r1: accuracy gain over the start "
+ABOUT_TOY = ("KD on cached teacher rollouts with `truncation.ratio` r and `truncation.supervise` (cot: [CoT]; ca: "
+             "[CoT, A], the recipe's default; all: [P, CoT, A]); ratio_of: response (each response keeps its first r, "
+             "the paper) or longest (each keeps at most r x the step's longest response); arith's 'Answer:' closes its reasoning (CoT), the number and EOS are the answer (A); "
+             "end_kept: share of kept prefixes that still reach 'Answer:'. gain_vs_r1: accuracy gain over the start "
              "relative to r = 1 with the same sections; step_s: mean over steps 4..; peak_mem_mb: median step peak "
              "(RSS above the step's start); *_vs_r1: against r = 1 with the same sections in the same record.")
-ABOUT_SODA = ("Toy world, arith: SODA (DPO of the teacher's response vs the starting student's cached one; soda_fkl "
-              "adds forward KL on the teacher response), KD (forward KL on the same teacher rollouts), OPD (forward "
+ABOUT_SODA = ("Toy world, arith: SODA (DPO of the teacher's response vs the starting student's cached one, on the "
+              "pairs whose student response the verifier rejects; soda_fkl adds forward KL on the teacher response, "
+              "soda_fkl_first contrasts only the first differing token, soda_fkl_all every pair), KD (forward KL on the same teacher rollouts), OPD (forward "
               "KL on fresh student rollouts). snapshot_s: SODA's one-off student snapshot and reference log-probs; "
               "train_s: sum of step times (rollouts included); wall_s: the whole process (loading, teacher "
               "rollouts when not cached, the final 600-problem eval); step_vs_opd: mean step "
@@ -84,14 +95,16 @@ def run(name: str, sets: list[str], steps: int, data_n: int, threads: int) -> di
 
     from slimkit.recipe import apply_overrides
 
+    tag = f"_s{SEED[0]}" if SEED[0] else ""  # seed 0 keeps the names it always had
+    name += tag
     out = RUNS / name
     if REUSE[0] and (out / "metrics.jsonl").is_file():
         wall = json.loads((out / "wall.json").read_text())["wall_s"] if (out / "wall.json").is_file() else None
         done = result(out, wall)
         if len(done["steps"]) == steps and done["acc"] is not None:  # all steps and the final eval are logged
             return done
-    sets = [*BASE, *(s.format(n=data_n) for s in sets), f"out={out}", f"train.steps={steps}", f"data.n={data_n}",
-            f"train.threads={threads}"]
+    sets = [*BASE, *(s.format(n=data_n, s=tag) for s in sets), f"out={out}", f"train.steps={steps}",
+            f"data.n={data_n}", f"train.threads={threads}", f"train.seed={SEED[0]}"]
     recipe = RUNS / f"{name}.yaml"
     RUNS.mkdir(parents=True, exist_ok=True)
     recipe.write_text(yaml.safe_dump(apply_overrides({}, sets)))
@@ -124,42 +137,49 @@ def summary(res: dict) -> dict:
     if "fed_tokens" in res["steps"][0]:
         row |= {"fed_tokens": mean(r["fed_tokens"] for r in res["steps"]),
                 "supervised": mean(r["supervised"] for r in res["steps"]),
+                "end_kept": mean(r.get("reasoning_end_kept", float("nan")) for r in res["steps"]),
                 "gflops_est": mean(r["flops_est"] for r in res["steps"]) / 1e9}
     return row
 
 
 def start_accuracy(n: int) -> float:
-    """The starting student's arith test accuracy (from the record when it holds one: it is deterministic)."""
-    for t in load(AREA, OUT[0])["tables"]:
-        for r in t["rows"]:
-            if r.get("start_acc") is not None:
-                return r["start_acc"]
+    """The starting student's arith test accuracy (greedy, so deterministic: kept per student weights)."""
     from slimkit import artifacts, toy
+
+    path = toy.resolve("toy:student")
+    cache = RUNS / f"start_acc_{artifacts.dir_hash(path)[:16]}_{n}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())["accuracy"]
     from slimkit.tasks.eval import evaluate
 
-    model, tok = artifacts.load(toy.resolve("toy:student"))
-    return evaluate(model, tok, "arith", split="test", n=n, max_new_tokens=160)["accuracy"]
+    model, tok = artifacts.load(path)
+    acc = evaluate(model, tok, "arith", split="test", n=n, max_new_tokens=160)["accuracy"]
+    RUNS.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"accuracy": acc}) + "\n")
+    return acc
 
 
 def toy_part(args) -> None:
-    names = args.configs.split(",") if args.configs else list(TOY)
+    names = args.configs.split(",") if args.configs else DEFAULT_TOY
     start = start_accuracy(600)
     rows = []
     for name in names:
         res = run(name, TOY[name], args.steps, args.steps * 32, args.threads)
-        r, sections = name[1:].split("_")
-        rows.append({"config": name, "ratio": float(r), "supervise": sections, "start_acc": start, **summary(res)})
+        r, sections, *of = name[1:].split("_")
+        rows.append({"config": name, "seed": SEED[0], "ratio": float(r), "supervise": sections,
+                     "ratio_of": of[0] if of else "response", "start_acc": start, **summary(res)})
         print(rows[-1], flush=True)
     rows = finish_toy(rows)
-    save(AREA, "truncation", rows, key=("config",), about=ABOUT_TOY, settings=settings(args), plot=plot_toy, out=OUT[0])
+    save(AREA, "truncation", rows, key=("config", "seed"), about=ABOUT_TOY, settings=settings(args), plot=plot_toy,
+         out=OUT[0])
 
 
 def finish_toy(new: list[dict]) -> list[dict]:
-    """Ratios against r = 1 with the same sections (from this run, else the record)."""
+    """Ratios against r = 1 with the same sections and seed (from this run, else the record)."""
     old = next((t["rows"] for t in load(AREA, OUT[0])["tables"] if t["name"] == "truncation"), [])
-    ref = {r["supervise"]: r for r in old if r["ratio"] == 1.0} | {r["supervise"]: r for r in new if r["ratio"] == 1.0}
+    ref = {(r["supervise"], r.get("seed")): r for r in old + new if r["ratio"] == 1.0}
     for r in new:
-        base = ref.get(r["supervise"])
+        base = ref.get((r["supervise"], r["seed"]))
         if base is None:
             continue
         gain = base["test_acc"] - base["start_acc"]
@@ -177,11 +197,18 @@ def plot_toy(path: Path) -> None:
 
     rows = next(t["rows"] for t in load(AREA, OUT[0])["tables"] if t["name"] == "truncation")
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
-    for s in SECTIONS:
-        pts = sorted((r["ratio"], r["test_acc"], r["step_s"]) for r in rows if r["supervise"] == s)
-        if pts:
-            a.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=s)
-            b.plot([p[0] for p in pts], [p[2] for p in pts], "o-", label=s)
+    for s in SECTIONS:  # the mean over seeds at each ratio; r = 1 starts both lines
+        for of in ("response", "longest"):
+            by: dict[float, list] = {}
+            for r in rows:
+                if r["supervise"] == s and (r.get("ratio_of", "response") == of or r["ratio"] == 1.0):
+                    by.setdefault(r["ratio"], []).append((r["test_acc"], r["step_s"]))
+            pts = [(x, statistics.fmean(v[0] for v in vs), statistics.fmean(v[1] for v in vs))
+                   for x, vs in sorted(by.items())]
+            if len(pts) > 1:
+                label, style = (s, "o-") if of == "response" else (f"{s}, ratio of longest", "s--")
+                a.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
+                b.plot([p[0] for p in pts], [p[2] for p in pts], style, label=label)
     start = rows[0]["start_acc"]
     a.axhline(start, color="gray", ls=":", label="start")
     a.set(xlabel="kept ratio r", ylabel="arith test accuracy", title="accuracy vs r")
@@ -200,18 +227,20 @@ def soda_part(args) -> None:
     for name in names:
         steps, budget = args.steps, "equal steps"
         if args.equal_time:
-            ref = next(r for r in old if r["config"] == args.equal_time and r["budget"] == "equal steps")
-            mine = next(r for r in old if r["config"] == name and r["budget"] == "equal steps")
+            ref = next(r for r in old if r["config"] == args.equal_time and r["budget"] == "equal steps"
+                       and r.get("seed") == SEED[0])
+            mine = next(r for r in old if r["config"] == name and r["budget"] == "equal steps" and r.get("seed") == SEED[0])
             steps, budget = max(1, round(ref["train_s"] / mine["step_s"])), f"@{args.equal_time}"
         res = run(f"{name}{'' if budget == 'equal steps' else '_' + budget[1:]}", SODA[name], steps,
                   args.steps * 32, args.threads)
-        rows.append({"config": name, "budget": budget, "start_acc": start, **summary(res)})
+        rows.append({"config": name, "seed": SEED[0], "budget": budget, "start_acc": start, **summary(res)})
         print(rows[-1], flush=True)
-    opd = next((r for r in rows + old if r["config"] == "opd" and r["budget"] == "equal steps"), None)
+    opd = next((r for r in rows + old if r["config"] == "opd" and r["budget"] == "equal steps"
+                and r.get("seed") == SEED[0]), None)
     for r in rows:
         r["gain_pts"] = 100 * (r["test_acc"] - r["start_acc"])
         r["step_vs_opd"] = r["step_s"] / opd["step_s"] if opd else None
-    save(AREA, "soda", rows, key=("config", "budget"), about=ABOUT_SODA, settings=settings(args), out=OUT[0])
+    save(AREA, "soda", rows, key=("config", "budget", "seed"), about=ABOUT_SODA, settings=settings(args), out=OUT[0])
 
 
 def timing_part(args) -> None:
@@ -227,7 +256,8 @@ def timing_part(args) -> None:
         print(rows[-1], flush=True)
     by = {r["config"]: r for r in rows}
     for r in rows:
-        base = by.get("opd") if r["config"].startswith(("soda", "kd")) else by.get(f"r1.0_{r['config'][-3:]}")
+        parts = r["config"].split("_")
+        base = by.get("opd") if parts[0] in ("soda", "kd") else by.get(f"r1.0_{parts[1]}") if len(parts) > 1 else None
         r["step_vs_base"] = r["step_s"] / base["step_s"] if base else None
         r["base"] = base["config"] if base else None
     save(AREA, "timing", rows, key=("config",), about=ABOUT_TIMING, settings=settings(args), out=OUT[0])
@@ -261,7 +291,7 @@ def memory_part(args) -> None:
 
 def settings(args) -> dict:
     """The arguments that the part uses."""
-    used = {"toy": ("configs", "steps", "threads"), "soda": ("configs", "steps", "threads", "equal_time"),
+    used = {"toy": ("configs", "steps", "threads", "seed"), "soda": ("configs", "steps", "threads", "equal_time", "seed"),
             "timing": ("configs", "steps", "threads", "data_n"), "memory": ("seqs", "seq_len", "layers", "threads")}
     return {k: getattr(args, k) for k in used[args.part] if getattr(args, k) is not None}
 
@@ -279,8 +309,9 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS, help="results directory (default: the record)")
     ap.add_argument("--reuse", action="store_true", help="read runs that already finished instead of running them")
+    ap.add_argument("--seed", type=int, default=0, help="train.seed (also the teacher and student samples)")
     args = ap.parse_args()
-    OUT[0], REUSE[0] = args.out, args.reuse
+    OUT[0], REUSE[0], SEED[0] = args.out, args.reuse, args.seed
     {"toy": toy_part, "soda": soda_part, "timing": timing_part, "memory": memory_part}[args.part](args)
 
 

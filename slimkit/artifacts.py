@@ -269,7 +269,11 @@ def load_tokenizer(path: str | os.PathLike):
     p = resolve(path)
     if not (p / "tokenizer.json").is_file() and not (p / "tokenizer_config.json").is_file():
         raise ArtifactError(f"{p} has no tokenizer (tokenizer.json / tokenizer_config.json)")
-    tok = AutoTokenizer.from_pretrained(p)
+    try:
+        tok = AutoTokenizer.from_pretrained(p)
+    except Exception as e:  # transformers raises many types for a broken tokenizer
+        why = " ".join(str(e).split())[:300] or type(e).__name__
+        raise ArtifactError(f"cannot load the tokenizer of {p}: {why}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

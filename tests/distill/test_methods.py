@@ -87,6 +87,29 @@ def test_self_teacher_needs_a_student_model_dir(tmp_path):
         Distiller(cfg)
 
 
+@pytest.mark.parametrize("broken, message", [
+    # more tokens than the model's lm_head rows: it passed unchecked and failed in the first step
+    ("extra_tokens", r"its tokenizer has \d+ tokens but its lm_head only \d+ rows"),
+    ("unloadable", "cannot load the tokenizer of"),
+])
+def test_self_teacher_with_a_tokenizer_that_does_not_fit_is_one_clear_error(pair, tmp_path, broken, message):
+    from slimkit import artifacts
+
+    student = tmp_path / "student"
+    shutil.copytree(pair[1], student)
+    if broken == "extra_tokens":
+        tok = artifacts.load_tokenizer(student)
+        tok.add_tokens([f"<extra_{i}>" for i in range(len(tok))])
+        tok.save_pretrained(student)
+    else:
+        (student / "tokenizer.json").write_text("{}")
+    cfg = load_recipe(None, overrides(pair, tmp_path / "r", *SELF, f"student={student}"))
+    with pytest.raises(SlimkitError, match=message) as e:
+        Distiller(cfg)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
 # ---------------------------------------------------------------- PACED
 def _rollouts(passes: list[list[bool]]) -> tuple[list[Rollout], dict[tuple[int, int], bool]]:
     rs, ok = [], {}

@@ -55,27 +55,37 @@ def test_snapshot_and_reference_are_cached_reused_and_stale_ones_refused(pair, t
         _distiller(pair, out, overwrite=True)
 
 
-@pytest.mark.parametrize("mix", ["forward", "sft"])
-def test_gradient_equals_dpo_on_full_logits(pair, tmp_path, mix):
+@pytest.mark.parametrize("mix, contrast", [("forward", "sequence"), ("sft", "sequence"), ("forward", "first_divergence")])
+def test_gradient_equals_dpo_on_full_logits(pair, tmp_path, mix, contrast):
     d = _distiller(pair, tmp_path / "r", f"soda.mix={mix}", "soda.mix_weight=0.7", "train.fuse_weight_grad=false",
-                   "train.sparse_embedding_grad=false")
-    part = d.soda.get([3, 7, 11])
+                   "train.sparse_embedding_grad=false", f"soda.contrast={contrast}")
+    differ = [i for i, (x,) in enumerate(d.soda.pairs) if x.chosen.completion_ids != x.rejected.completion_ids]
+    part = d.soda.get(differ[:3])
+    part[1].contrast = False  # as soda.rejected=wrong leaves a pair whose student response is correct
     with torch.no_grad():  # move the student off the reference, so the DPO margin is not 0
         for q in d.student.parameters():
             q.add_(torch.randn_like(q) * 0.02)
     d.opt.zero_grad(set_to_none=True)
-    sums = {k: 0.0 for k in ("tokens", "kept", "norm", "sequences", "loss_sum", "dpo_sum", "margin_sum", "reward_acc_n",
-                              "completion_tokens")}
+    sums = {k: 0.0 for k in ("tokens", "kept", "norm", "contrast_n", "sequences", "loss_sum", "dpo_sum", "margin_sum",
+                              "reward_acc_n", "completion_tokens")}
     d._micro_step(part, 0, sums)
     got = {n: q.grad.clone() for n, q in d.student.named_parameters()}
     # the oracle: full logits, plain torch
     d.student.zero_grad(set_to_none=True)
     n = len(part)
     chosen = [x.chosen for x in part]
-    batch = collate(chosen + [x.rejected for x in part], d.pad_id)
+    con = [part[0], part[2]]  # only these pairs have a DPO term
+    batch = collate(chosen + [x.rejected for x in con], d.pad_id)
     pi, lp, logits = _logits_logprob(d.student, batch)
-    ref = torch.tensor([[x.ref_chosen, x.ref_rejected] for x in part], dtype=torch.float64)
-    margin = 0.5 * ((pi[:n] - ref[:, 0]) - (pi[n:] - ref[:, 1]))
+    if contrast == "first_divergence":  # the log-prob of the pair's first differing response token only
+        at = [x.first for x in part] + [x.first for x in con]
+        pi = torch.stack([lp[b][batch.target_mask[b].nonzero()[at[b], 0]] for b in range(len(at))])
+        full = json.loads((tmp_path / "r" / "student_snapshot.reference.json").read_text())  # per-token reference
+        assert [(x.ref_chosen, x.ref_rejected) for x in con] == [
+            (full["chosen_tokens"][x.chosen.example][x.first], full["rejected_tokens"][x.chosen.example][x.first])
+            for x in con]
+    ref = torch.tensor([[x.ref_chosen, x.ref_rejected] for x in con], dtype=torch.float64)
+    margin = 0.5 * ((pi[[0, 2]] - ref[:, 0]) - (pi[n:] - ref[:, 1]))
     loss = -F.logsigmoid(margin).sum()
     lens = torch.tensor([len(r.completion_ids) for r in chosen], dtype=torch.float64)
     mask = batch.target_mask[:n]
@@ -87,10 +97,10 @@ def test_gradient_equals_dpo_on_full_logits(pair, tmp_path, mix):
         lq = torch.log_softmax(t.double(), -1)
         kl = (lq.exp() * (lq - torch.log_softmax(logits[:n].double(), -1))).sum(-1)
         per_seq = (kl * mask).sum(1)
-    loss = loss + 0.7 * (per_seq / lens).sum()
+    loss = loss + 0.7 * per_seq.sum() / lens.sum() * n  # the mean over the step's chosen tokens, x pairs
     loss.backward()
     assert sums["loss_sum"] == pytest.approx(float(loss.detach()), rel=1e-4)
-    assert sums["kept"] == n and 0 < abs(sums["margin_sum"])
+    assert sums["kept"] == n and sums["contrast_n"] == 2 and sums["sequences"] == n + 2 and 0 < abs(sums["margin_sum"])
     for k, g in got.items():
         torch.testing.assert_close(g, d.student.get_parameter(k).grad, rtol=1e-3, atol=1e-6)
 
@@ -112,3 +122,22 @@ def test_steps_start_at_ln2_and_widen_the_margin(pair, tmp_path):
 def test_bad_soda_settings_are_one_clear_error(pair, tmp_path, extra, message):
     with pytest.raises(RecipeError, match=message):
         load_recipe(None, overrides(pair, tmp_path / "r", *SODA, *extra))
+
+
+def test_rejected_wrong_contrasts_only_the_responses_the_verifier_rejects(pair, tmp_path):
+    out = tmp_path / "run"
+    d = _distiller(pair, out, "soda.rejected=all")
+    assert all(p.contrast for ps in d.soda.pairs for p in ps)
+    # the snapshot's first response becomes the right answer; the reference is then computed again
+    snap = out / "student_snapshot.jsonl"
+    lines = snap.read_text().splitlines()
+    row = json.loads(lines[1])
+    right = d.tok(d.examples[row["example"]].answer + d.tok.eos_token, add_special_tokens=False)["input_ids"]
+    lines[1] = json.dumps({**row, "completion_ids": right})
+    snap.write_text("\n".join(lines) + "\n")
+    (out / "student_snapshot.reference.json").unlink()
+    d = _distiller(pair, out, "soda.rejected=wrong", overwrite=True)
+    flags = {p.rejected.example: p.contrast for ps in d.soda.pairs for p in ps}
+    assert flags[row["example"]] is False and sum(flags.values()) == len(flags) - 1
+    rec = d.train_step()
+    assert 0 < rec["contrast_frac"] <= 1 and rec["dpo_loss"] == pytest.approx(0.693147, rel=1e-4)

@@ -33,7 +33,9 @@ def test_arith_responses_split_at_their_answer_line(tok):
     assert markers == Markers(answer_start="Answer:")
     k = Splitter(tok, markers).answer_begin(ids)
     assert 0 < k < len(ids)
-    assert "Answer" not in tok.decode(ids[:k]) and "Answer:" in tok.decode(ids[k:])
+    # the marker closes the reasoning, as "</think>" does: the answer section is the number and EOS
+    assert tok.decode(ids[:k]).rstrip().endswith("Answer:")
+    assert tok.decode(ids[k:]).strip() == ex.answer.split()[-1] + tok.eos_token
     assert tok.decode(ids[:k]).startswith(ex.answer.split(" Answer:")[0][:10])
 
 
@@ -84,12 +86,21 @@ def test_kept_prefix_and_supervised_sections(tok):
     assert cut(ratio=1e-6).completion_ids == resp[:1]  # at least one token of every response
 
 
+def test_ratio_of_longest_is_a_budget_that_keeps_shorter_responses_whole(tok):
+    rs = [Rollout([5], list(range(10, 30)), 0), Rollout([5], list(range(10, 19)), 1), Rollout([5], [7], 2)]
+    t = Truncation(TruncationConfig(ratio=0.5, ratio_of="longest", markers="none"), tok)
+    assert [len(r.completion_ids) for r in t.apply(rs)] == [10, 9, 1]  # ceil(0.5 x 20) = 10 tokens at most
+    per_response = Truncation(TruncationConfig(ratio=0.5, markers="none"), tok)
+    assert [len(r.completion_ids) for r in per_response.apply(rs)] == [10, 5, 1]
+
+
 @pytest.mark.parametrize("extra, message", [
     (("truncation.ratio=0",), r"truncation\.ratio must lie in \(0, 1\], got 0"),
     (("truncation.ratio=1.5",), r"truncation\.ratio must lie in \(0, 1\], got 1.5"),
     (("truncation.supervise=[CoT, Answer]",), "unknown section 'Answer': choose among P, CoT, A"),
     (("truncation.supervise=Cot+A",), "unknown section 'Cot'"),
     (("truncation.ratio=0.5", "truncation.tokens=8"), "set ratio or tokens, not both"),
+    (("truncation.tokens=8", "truncation.ratio_of=longest"), "ratio_of=longest scales truncation.ratio"),
     (("truncation.markers={cot_end: '</think>', answer_start: 'A:'}",), "exactly one of cot_end"),
     (("truncation.ratio=0.5", "rollout.source=teacher", "loss.teacher=topk"), "use loss.teacher=live"),
     (("truncation.ratio=0.5", "rollout.source=teacher", "soda.beta=0.1"), "soda and truncation do not combine"),
@@ -142,3 +153,12 @@ def test_ratio_one_on_the_response_is_plain_distillation(pair, tmp_path):
     for k in ga:
         torch.testing.assert_close(gb[k], ga[k])
     assert b["supervised"] == b["kept"]
+
+
+def test_records_the_share_of_prefixes_that_keep_the_end_of_the_reasoning(tok):
+    exs = get_task("arith").split("train", 4)
+    rs = [Rollout([5, 6], _ids(tok, x.answer + tok.eos_token), i) for i, x in enumerate(exs)]
+    for ratio, share in ((1.0, 1.0), (0.5, 0.0)):  # arith's answer line is the last few tokens
+        t = Truncation(TruncationConfig(ratio=ratio), tok, get_task("arith"))
+        sums = t.step_sums(t.apply(rs))
+        assert t.record({**sums, "kept": 1.0})["reasoning_end_kept"] == share

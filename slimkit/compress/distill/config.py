@@ -187,6 +187,10 @@ class TruncationConfig(StageConfig):
 
     ratio: float | None = Field(None, description="keep the first ratio of each response's tokens, in (0, 1]")
     tokens: int | None = Field(None, ge=1, description="keep the first `tokens` of each response instead")
+    ratio_of: Literal["response", "longest"] = Field("response", description=(
+        "response: each response keeps the first ratio of its own tokens (the paper); longest: each keeps at "
+        "most ratio x the longest response of the step (a token budget that scales with the data: shorter "
+        "responses stay whole, and a padded batch is as narrow as with `response`)"))
     supervise: list[Section] = Field(default_factory=lambda: ["CoT", "A"], description=(
         "the sections trained on: any of P, CoT, A (a list, or one string such as 'CoT+A')"))
     markers: MarkersConfig | Literal["auto", "none"] = Field("auto", description=(
@@ -217,6 +221,8 @@ class TruncationConfig(StageConfig):
     def _check(self) -> TruncationConfig:
         if self.ratio is not None and self.tokens is not None:
             raise ValueError("truncation: set ratio or tokens, not both")
+        if self.ratio_of == "longest" and self.ratio is None:
+            raise ValueError("truncation.ratio_of=longest scales truncation.ratio: set a ratio")
         return self
 
 
@@ -227,7 +233,14 @@ class SodaConfig(StageConfig):
     beta: float = Field(0.1, gt=0.0, description="DPO inverse temperature")
     mix: Literal["none", "forward", "sft"] = Field("none", description=(
         "an extra term on the teacher response: forward KL to the live teacher, or its NLL (SFT)"))
-    mix_weight: float = Field(1.0, ge=0.0, description="weight of the mix term (per-token mean per pair)")
+    mix_weight: float = Field(1.0, ge=0.0, description="weight of the mix term (a mean over the step's chosen tokens)")
+    rejected: Literal["auto", "wrong", "all"] = Field("auto", description=(
+        "the pairs whose DPO term runs: wrong = only those whose student response the task's verifier rejects "
+        "(a correct one is no worse than the teacher's; the mix term still trains on its teacher response), "
+        "all = every pair; auto = wrong when the data has a task, else all"))
+    contrast: Literal["sequence", "first_divergence"] = Field("sequence", description=(
+        "sequence: DPO on the responses' whole log-probs (the paper); first_divergence: on the one token where "
+        "they first differ (the rest of the student's response follows from its first departure)"))
     temperature: float = Field(1.0, ge=0.0, description="sampling temperature of the student snapshot")
     max_new_tokens: int | None = Field(None, ge=1, description="default: rollout.max_new_tokens")
     cache: str | None = Field(None, description=(
@@ -322,6 +335,8 @@ class DistillConfig(StageConfig):
             raise ValueError("soda pairs the teacher's response (chosen) with the student's: use rollout.source=teacher")
         if self.loss.teacher != "live" or self.select.method != "all":
             raise ValueError("soda trains on whole responses with a DPO loss: loss.teacher=live and select.method=all")
+        if self.soda.rejected == "wrong" and self.data.task is None:
+            raise ValueError("soda.rejected=wrong needs the task's verifier: data.task, or soda.rejected=all")
 
 
 class StagePatch(StageConfig):

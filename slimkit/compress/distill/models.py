@@ -41,8 +41,10 @@ def load_pair(teacher_path: str, student_path: str, *, teacher_dtype: str, devic
     (up to padding). teacher_path "self": the teacher is a frozen copy of the student's initial weights,
     or (self_teacher "live") the student itself, which the trainer runs without gradient."""
     if teacher_path == SELF:
+        # the teacher is the student: its tokenizer must fit its own lm_head, as a teacher's must
         sdir = model_path(student_path, "student")
         student, stok = artifacts.load(sdir, dtype=torch.float32, device=str(device))
+        _check_tokenizer_fits("student (and teacher: self)", stok, student, sdir)
         _check_no_bias("student", student, sdir)
         teacher = student
         if self_teacher != "live":
@@ -60,6 +62,13 @@ def load_pair(teacher_path: str, student_path: str, *, teacher_dtype: str, devic
         _check_no_bias(role, model, path)
     teacher.requires_grad_(False).eval()
     return teacher, student, stok, tdir, sdir
+
+
+def _check_tokenizer_fits(role: str, tok, model, path: Path) -> None:
+    rows = model.get_output_embeddings().weight.shape[0]
+    if rows < len(tok):
+        raise SlimkitError(f"{role} {path}: its tokenizer has {len(tok)} tokens but its lm_head only {rows} rows; "
+                           "use the tokenizer the model was trained with")
 
 
 def _check_no_bias(role: str, model, path: Path) -> None:

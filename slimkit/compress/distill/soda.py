@@ -7,16 +7,24 @@ the student's the rejected one. The starting student is the reference: its seque
 responses are computed once and cached beside the snapshot (`<snapshot>.reference.json`, fingerprinted
 by the student's weights and the pairs' token ids). No rollouts run during training.
 
+SODA's premise is that the small student's response is worse than the teacher's (the paper: "almost
+strictly inferior"). `soda.rejected: wrong` (the default when the data has a task) keeps that true: a pair whose student response the task's verifier
+accepts has no DPO term (its rejected response is not fed) and trains only through the mix term;
+`all` contrasts every pair (the paper's setting; the only choice without a verifier).
+
 Per pair, with policy log-probs pi (sums over the response tokens) and reference log-probs ref:
 
-    loss = -log sigmoid(beta * ((pi_chosen - ref_chosen) - (pi_rejected - ref_rejected)))
-           + mix_weight * mean over the chosen response's tokens of [forward KL to the teacher | -log p]
+    loss = -log sigmoid(beta * ((pi_chosen - ref_chosen) - (pi_rejected - ref_rejected)))   [contrasted pairs]
+           + mix_weight * [forward KL to the teacher | -log p] of each chosen-response token
 
-averaged over the step's pairs (`soda.mix`: none, forward or sft). Sequence log-probs go through
-`slimkit.kernels.linear_logprob` on the student's hidden states (no [tokens x vocab] logits), the
+where the DPO terms are averaged over the step's pairs and the mix term over the step's chosen tokens,
+as KD's loss is (so with beta -> 0 SODA's update is KD's on the same teacher responses; under DDP each
+rank's own token count stands in for the step's; `soda.mix`: none, forward or sft). Sequence log-probs
+go through `slimkit.kernels.linear_logprob` on the student's hidden states (no [tokens x vocab] logits), the
 forward KL through `linear_kl` with the live teacher. `train.prompts_per_step` and `train.micro_batch`
-count pairs (a micro-batch runs 2 x micro_batch sequences). Step records add `dpo_loss`, `margin`
-(mean beta-scaled reward margin), `reward_acc` (share of pairs with a positive margin) and
+count pairs (a micro-batch runs up to 2 x micro_batch sequences). Step records add `dpo_loss`, `margin`
+(mean beta-scaled reward margin), `reward_acc` (share with a positive margin), both over the contrasted
+pairs, `contrast_frac` (their share of the step's pairs) and
 `snapshot_s` (the one-off time of the snapshot and reference at the start of this process).
 """
 
@@ -48,6 +56,8 @@ class Pair:
     rejected: Rollout  # the starting student's response
     ref_chosen: float  # the starting student's sequence log-prob of each
     ref_rejected: float
+    contrast: bool = True  # its DPO term runs (soda.rejected: False when the student's response is correct)
+    first: int = 0  # the first response token where chosen and rejected differ (soda.contrast first_divergence)
 
 
 def sequence_logprobs(hidden: torch.Tensor, weight: torch.Tensor, batch: Batch,
@@ -60,6 +70,13 @@ def sequence_logprobs(hidden: torch.Tensor, weight: torch.Tensor, batch: Batch,
     lp = kernels.linear_logprob(hidden, weight, targets, vocab_size=vocab_size).logprob
     sums = torch.zeros(batch.input_ids.shape[0], dtype=lp.dtype, device=lp.device).index_add(0, seq, lp)
     return sums, lp, seq
+
+
+def _cached_fingerprint(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def fingerprint(student_hash: str, chosen: list[Rollout], rejected: list[Rollout]) -> str:
@@ -92,14 +109,26 @@ class Soda:
         # the reference: the starting student's sequence log-probs of both responses, computed once, cached
         ref_path = cache.with_name(cache.stem + ".reference.json")
         ref = d.env.rank0_first(functools.partial(self._reference, ref_path, chosen, rejected, student_hash))
+        # the contrasted pairs: with soda.rejected wrong, those whose student response the verifier rejects
+        wrong = cfg.rejected == "wrong" or (cfg.rejected == "auto" and d.task is not None)
         self.pairs: list[list[Pair]] = [[] for _ in teacher_source.rollouts]
-        for c, r, rc, rr in zip(chosen, rejected, ref["chosen"], ref["rejected"], strict=True):
-            self.pairs[c.example].append(Pair(c, r, rc, rr))
+        for i, (c, r) in enumerate(zip(chosen, rejected, strict=True)):
+            contrast = not (wrong and d._verify(r.example, r.completion_ids))
+            first = next((j for j, (a, b) in enumerate(zip(c.completion_ids, r.completion_ids, strict=False))
+                          if a != b), None)
+            rc, rr = ref["chosen"][i], ref["rejected"][i]
+            if cfg.contrast == "first_divergence":  # the reference at that one token; identical responses: none
+                contrast = contrast and first is not None
+                rc, rr = (ref["chosen_tokens"][i][first], ref["rejected_tokens"][i][first]) if contrast else (0.0, 0.0)
+            self.pairs[c.example].append(Pair(c, r, rc, rr, contrast, first or 0))
         self.snapshot_s = time.perf_counter() - t0  # one-off cost (small when the caches exist)
 
     # ---------------------------------------------------------------- the pairs
     def get(self, indices, **_) -> list[Pair]:
-        return [p for i in indices for p in self.pairs[i]]
+        """The step's pairs; also notes their count and chosen tokens, which normalise the mix term."""
+        pairs = [p for i in indices for p in self.pairs[i]]
+        self.step_pairs, self.step_tokens = len(pairs), sum(len(p.chosen.completion_ids) for p in pairs)
+        return pairs
 
     def _autocast(self):
         if self.d.cfg.train.dtype == "bfloat16":
@@ -120,52 +149,73 @@ class Soda:
                 raise SlimkitError(f"SODA reference cache {path} was made for another student or other responses "
                                    f"(fingerprint {ref.get('fingerprint')} != {fp}); delete it or set soda.cache "
                                    "to a new path")
-            return ref
+            if "chosen_tokens" in ref:  # (a cache of an earlier version has sums only: made again below)
+                return ref
         d = self.d
         body, w = Body(d.student), d.student.get_output_embeddings().weight
-        out = []
+        out, tokens = [], []
         seqs = chosen + rejected
         for i in range(0, len(seqs), _BATCH):
             batch = collate(seqs[i : i + _BATCH], d.pad_id, d.env.device)
-            out += sequence_logprobs(self._hidden(body, batch), w, batch, self.vocab)[0].tolist()
-        ref = {"fingerprint": fp, "chosen": out[: len(chosen)], "rejected": out[len(chosen):]}
-        artifacts.atomic_write_text(path, json.dumps(ref) + "\n")
+            sums, lp, _ = sequence_logprobs(self._hidden(body, batch), w, batch, self.vocab)
+            out += sums.tolist()
+            tokens += [t.tolist() for t in lp.split(batch.target_mask.sum(1).tolist())]
+        k = len(chosen)
+        ref = {"fingerprint": fp, "chosen": out[:k], "rejected": out[k:], "chosen_tokens": tokens[:k],
+               "rejected_tokens": tokens[k:]}
+        # an earlier version's cache of these very pairs (same fingerprint) is ours to replace
+        artifacts.atomic_write_text(path, json.dumps(ref) + "\n", overwrite=True,
+                                    is_own=lambda p: _cached_fingerprint(p) == fp)
         return ref
 
     # ---------------------------------------------------------------- one micro-batch
     def micro_step(self, part: list[Pair], sums: dict[str, float]) -> None:
         d, cfg, n = self.d, self.cfg, len(part)
         chosen = [p.chosen for p in part]
-        batch = collate(chosen + [p.rejected for p in part], d.pad_id, d.env.device)
+        con = [i for i, p in enumerate(part) if p.contrast]  # the pairs whose rejected response is fed
+        batch = collate(batch_rollouts(part, con), d.pad_id, d.env.device)
         w = d.student.get_output_embeddings().weight
         h = self._hidden(d.model, batch)
         pi, lp, seq = sequence_logprobs(h, w, batch, self.vocab)
-        ref = torch.tensor([[p.ref_chosen, p.ref_rejected] for p in part], dtype=pi.dtype, device=pi.device)
-        margin = cfg.beta * ((pi[:n] - ref[:, 0]) - (pi[n:] - ref[:, 1]))
+        if cfg.contrast == "first_divergence":  # each sequence's log-prob at its pair's first differing token
+            counts = batch.target_mask.sum(1)
+            at = [p.first for p in part] + [part[i].first for i in con]
+            pi = lp[counts.cumsum(0) - counts + torch.tensor(at, device=lp.device)]
+        ref = torch.tensor([[part[i].ref_chosen, part[i].ref_rejected] for i in con], dtype=pi.dtype,
+                           device=pi.device).reshape(-1, 2)
+        idx = torch.tensor(con, dtype=torch.long, device=pi.device)
+        margin = cfg.beta * ((pi[idx] - ref[:, 0]) - (pi[n:] - ref[:, 1]))
         dpo = -F.logsigmoid(margin).sum()
         loss = dpo
         if cfg.mix != "none":
             rows = int((seq < n).sum())  # the chosen responses' rows come first
-            lens = torch.tensor([len(r.completion_ids) for r in chosen], device=h.device).clamp_min(1)
             if cfg.mix == "sft":
                 per_token = -lp[:rows]
             else:
                 teacher = d._teacher_rows(batch.split(n)[0], chosen)
                 per_token = kernels.linear_kl(h[:rows], w, teacher, kind="forward", temperature=d.cfg.loss.temperature,
                                               reduction="none", vocab_size=self.vocab).loss
-            loss = loss + cfg.mix_weight * (per_token / lens[seq[:rows]]).sum()
+            # x pairs / tokens of the step: once train_step divides by the pairs, the mean over the step's
+            # chosen tokens, as KD's loss is (a per-response mean would weigh a short response's tokens more)
+            loss = loss + cfg.mix_weight * per_token.sum() * (self.step_pairs / max(self.step_tokens, 1))
         loss.backward()  # a sum over pairs: train_step divides the gradients by the step's pairs ("norm")
-        for k, v in {"tokens": n, "kept": n, "norm": n, "sequences": 2 * n, "loss_sum": float(loss.detach()),
-                     "dpo_sum": float(dpo.detach()), "margin_sum": float(margin.detach().sum()),
-                     "reward_acc_n": float((margin > 0).sum()),
-                     "completion_tokens": sum(len(p.chosen.completion_ids) + len(p.rejected.completion_ids)
-                                              for p in part)}.items():
+        for k, v in {"tokens": n, "kept": n, "norm": n, "contrast_n": len(con), "sequences": n + len(con),
+                     "loss_sum": float(loss.detach()), "dpo_sum": float(dpo.detach()),
+                     "margin_sum": float(margin.detach().sum()), "reward_acc_n": float((margin > 0).sum()),
+                     "completion_tokens": sum(len(r.completion_ids) for r in batch_rollouts(part, con))}.items():
             sums[k] += v
 
     def record(self, totals: dict[str, float]) -> dict[str, float]:
-        n = max(totals["kept"], 1.0)
-        return {"dpo_loss": totals["dpo_sum"] / n, "margin": totals["margin_sum"] / n,
-                "reward_acc": totals["reward_acc_n"] / n, "snapshot_s": self.snapshot_s}
+        """dpo_loss, margin and reward_acc: means over the contrasted pairs; contrast_frac: their share."""
+        c = max(totals["contrast_n"], 1.0)
+        return {"dpo_loss": totals["dpo_sum"] / c, "margin": totals["margin_sum"] / c,
+                "reward_acc": totals["reward_acc_n"] / c, "contrast_frac": totals["contrast_n"] / max(totals["kept"], 1.0),
+                "snapshot_s": self.snapshot_s}
+
+
+def batch_rollouts(part: list[Pair], con: list[int]) -> list[Rollout]:
+    """The sequences a micro-batch feeds: every chosen response, then the contrasted pairs' rejected ones."""
+    return [p.chosen for p in part] + [part[i].rejected for i in con]
 
 
 __all__ = ["Pair", "Soda", "fingerprint", "sequence_logprobs"]
