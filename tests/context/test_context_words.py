@@ -91,6 +91,25 @@ def test_rate_is_met_within_5_percent_on_inputs_long_enough(rnd, toy_tok):
     assert total >= 60 and hits / total >= 0.95, (hits, total)
 
 
+def test_short_inputs_land_in_the_rate_band_where_a_whole_token_count_lies_in_it(rnd):
+    """Scattered job postings (~35 tokens, one line per field): where the 5% band around rate x tokens
+    holds a whole count, >= 95% of the outputs land in it (the fill may go past the rounded target up
+    to the band's top, and counts words that merge with a kept neighbour)."""
+    from slimkit.compress.context.words import band
+    from slimkit.tasks import get_task
+
+    texts = [ex.meta["posting"] for ex in get_task("jobs").split("test", 300) if ex.meta["layout"] == "scattered"]
+    hits = total = 0
+    for rate in (0.25, 0.1):
+        for c in rnd.compress(texts, rate=rate):
+            lo, hi = band(rate, c.tokens_in)
+            assert c.tokens_out <= c.limit == max(c.target, hi)
+            if lo <= hi:
+                total += 1
+                hits += lo <= c.tokens_out <= hi
+    assert total >= 60 and hits / total >= 0.95, (hits, total)
+
+
 def test_budget_and_rate_one(rnd):
     text = "We are hiring a data engineer in Berlin with python and sql skills for our team"
     (full,) = rnd.compress([text], rate=1.0)
