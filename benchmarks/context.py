@@ -1,21 +1,28 @@
-"""Context compression on the toy jobs task: tables "auc", "rate", "compressor speed" and "scoring
-speed" of benchmarks/results/context.{json,md,png}.
+"""Context compression on the toy jobs task: tables "auc", "compressor speed" and "scoring speed" of
+benchmarks/results/context.{json,md,png}.
 
-    slimkit compress-context train --out runs/ctx-clf                       # the classifier (~10 min)
-    python benchmarks/context.py --classifier runs/ctx-clf --part auc       # not timed
-    flock /tmp/slimkit-bench.lock python benchmarks/context.py --classifier runs/ctx-clf --part speed
+    slimkit compress-context train --out runs/ctx-clf --n 240 --steps 1200          # the classifier
+    slimkit compress-context adapt toy:teacher --compressor runs/ctx-clf --rate 0.25 --out runs/scorer-clf --steps 800
+    slimkit compress-context adapt toy:teacher --compressor head --rate 0.25 --out runs/scorer-head --steps 800
+    slimkit compress-context adapt toy:teacher --compressor random --rate 0.25 --out runs/scorer-random --steps 800
+    python benchmarks/context.py --part auc --classifier runs/ctx-clf --adapted runs/scorer-clf \
+        --adapted-head runs/scorer-head --adapted-random runs/scorer-random             # not timed
+    flock /tmp/slimkit-bench.lock python benchmarks/context.py --part speed --classifier runs/ctx-clf \
+        --adapted runs/scorer-clf
 
-auc: the teacher's jobs AUC (P(yes) after the scoring template, as the scorer computes it) on full
-postings and on postings compressed to 2x, 4x and 10x (rate 0.5, 0.25, 0.1) per layout, by each
-compressor: surprisal under the student and the trained classifier, each without and with the query
+auc: jobs AUC (P(yes) after the scoring template, as the scorer computes it) on full postings and on
+postings compressed to 2x, 4x and 10x (rate 0.5, 0.25, 0.1) per layout. Scorers: the original teacher,
+and the teacher adapted to compressed postings (`adapted`: to the classifier's; `adapted-head`,
+`adapted-random`: to that baseline's, so that each baseline is read by a model trained for it).
+Compressors: surprisal under the student and the trained classifier, each without and with the query
 (question-aware, the query's terms protected); head truncation and random dropping at the same budget;
 and `fields`, an oracle that knows the task's vocabulary (titles, places, companies, skills) and keeps
-those words first: what keeping the right words can reach with this teacher.
-rate: the achieved fraction of tokens kept, and the share of postings within 5% of the requested rate
-or on the integer token budget closest to it (postings are ~35 tokens: at 10x the budget is 3-4 tokens).
-speed: compressor items/s (in process), and scoring items/s of a gRPC server in this process, full vs
-compressing each request's items (`--compress-items`, compressor included), one query x 32 postings
-per request.
+those words first. Rate: the share of postings within 5% of the requested rate, overall and among the
+postings long enough for a whole token count to lie within 5% (postings are ~35 tokens: at 10x the
+5% band around 3.5 tokens holds no whole count).
+speed: compressor items/s (in process), and scoring items/s of a gRPC server in this process, full
+postings (original teacher) vs compressing each request's items (`--compress-items`, compressor
+included; served by the adapted teacher when given), one query x 32 postings per request.
 """
 
 from __future__ import annotations
