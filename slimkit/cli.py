@@ -59,7 +59,7 @@ app.add_typer(toy_app, name="toy")
 
 @toy_app.command("build")
 def toy_build_cmd(
-    out: str | None = typer.Option(None, "--out", help="Directory (default ~/.cache/slimkit/toy-v3, or $SLIMKIT_HOME/toy-v3)."),
+    out: str | None = typer.Option(None, "--out", help="Directory (default ~/.cache/slimkit/toy-v4, or $SLIMKIT_HOME/toy-v4)."),
     seed: int = typer.Option(0, "--seed", help="Teacher seed (the student uses seed + 1)."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads (default: up to 2)."),
     force: bool = typer.Option(False, "--force", help="Replace an earlier toy build in --out."),
@@ -104,7 +104,7 @@ def toy_report_cmd(
 
         slimkit toy report
 
-        slimkit toy report --dir ~/.cache/slimkit/toy-v3
+        slimkit toy report --dir ~/.cache/slimkit/toy-v4
     """
     from slimkit import toy
     from slimkit.toy.report import report

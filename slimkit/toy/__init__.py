@@ -3,7 +3,7 @@ shipped inside the package, so that every user and every benchmark sees the same
 
     slimkit.toy.shipped_dir()        # the shipped world: teacher/, student/, toy.json
     slimkit.toy.resolve("toy:teacher")   # a stable name for a shipped model (recipes, CLI, tests)
-    slimkit.toy.rebuild_dir()        # where `slimkit toy build` writes (~/.cache/slimkit/toy-v3)
+    slimkit.toy.rebuild_dir()        # where `slimkit toy build` writes (~/.cache/slimkit/toy-v4)
     slimkit.toy.make_tiny_model_dir(tmp_path / "m")   # random-init Qwen3 + toy tokenizer, for tests
 
 The package: `tokenizer` (the BPE and chat template), `sft` (supervised training), `build` (the
@@ -16,7 +16,7 @@ import functools
 import os
 from pathlib import Path
 
-VERSION = "toy-v3"
+VERSION = "toy-v4"
 MODELS = ("teacher", "student")
 PREFIX = "toy:"
 
@@ -32,7 +32,7 @@ def home() -> Path:
 
 
 def rebuild_dir() -> Path:
-    """Where `slimkit toy build` writes a rebuild by default ($SLIMKIT_HOME/toy-v3)."""
+    """Where `slimkit toy build` writes a rebuild by default ($SLIMKIT_HOME/toy-v4)."""
     return home() / VERSION
 
 

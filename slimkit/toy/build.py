@@ -23,24 +23,22 @@ TEACHER = {"hidden": 128, "layers": 4, "heads": 4, "kv_heads": 2, "head_dim": 32
            "init_std": 0.15}
 STUDENT = {"hidden": 128, "layers": 2, "heads": 4, "kv_heads": 2, "head_dim": 32, "intermediate": 256,
            "init_std": 0.08}
-TEACHER_STEPS = 3400
+TEACHER_STEPS = 2400
 TEACHER_LR = 3e-3  # with init_std 0.15, jobs leaves its plateau sooner than with 0.08 and 2e-3
-# Curriculum options, all off: the teacher's step window [first, last) per task (e.g. jobs alone on
-# short postings first, arith joining later), and a language-model loss on the jobs prompts, on all
-# their tokens or (TEACHER_FIELD_LOSS) only on the posting's title and place, which makes the model
-# look up the query's. Jobs-only probes (benchmarks/results/toy.md): windows and the whole-prompt loss
-# did not shorten the jobs plateau; the field loss left it by step 500 (seeds 0 and 1, jobs only;
-# not yet tried in a full build).
+# jobs sits on a plateau (AUC ~0.75: one of the two fields compared) for ~2,000 steps unless the teacher
+# also predicts each posting's title and place tokens (TEACHER_FIELD_LOSS: a language-model loss on just
+# those tokens, weight TEACHER_PROMPT_LOSS["jobs"]), which makes it look up the query's; with it jobs
+# converges within ~600 jobs steps, so arith takes most of the steps. Also available, off: per-task step
+# windows (e.g. jobs alone on short postings first) and the loss on every prompt token; neither
+# shortened the plateau (benchmarks/results/toy.md).
 TEACHER_WINDOWS = {"jobs-short": (0, 0), "jobs": (0, TEACHER_STEPS), "arith": (0, TEACHER_STEPS)}
 JOBS_SHORT_FILLER = (0, 1)  # filler lines of the short postings (the full ones have 4-7)
-TEACHER_PROMPT_LOSS = {"jobs-short": 0.0, "jobs": 0.0}
-TEACHER_FIELD_LOSS = False
+TEACHER_PROMPT_LOSS = {"jobs-short": 0.0, "jobs": 1.0}
+TEACHER_FIELD_LOSS = True
 STUDENT_STEPS = 1000  # at most; the student stops once it reaches STUDENT_STOP on validation
 STUDENT_STOP = 0.30  # validation arith accuracy, checked every STUDENT_CHECK steps (deterministic)
-# Every 100 steps the shipped student overshot to 45.5% (checked at 700); checking more often stops it
-# nearer the 30% target, but changes the student: kept at 100 until the world is rebuilt.
-STUDENT_CHECK = 100
-TEACHER_WEIGHTS = {"arith": 0.45, "jobs": 0.55, "jobs-short": 0.55}
+STUDENT_CHECK = 50  # often enough to stop near STUDENT_STOP, not far above it
+TEACHER_WEIGHTS = {"arith": 0.65, "jobs": 0.35, "jobs-short": 0.35}
 TEACHER_BATCH = {"arith": 64, "jobs": 32, "jobs-short": 32}  # jobs needs many steps, not many examples
 STUDENT_WEIGHTS = {"arith": 1.0}  # the student starts from arith only: distillation brings the rest
 TRAIN_SIZES = {"arith": 50000, "jobs": 20000, "jobs-short": 10000}
