@@ -165,10 +165,10 @@ def adapt_scorer(model_ref: str, out: str | os.PathLike, *, compressor: str, rat
     # Items to train on and to check on (held out).
     if data:
         items = read_items(data)
-        held = [x for x in items[-n_check:] if x[2] is not None] if len(items) > n_check else []
+        held = [x for x in items[-n_check:] if x[2] is not None] if 0 < n_check < len(items) else []
         train = items[:-n_check] if held else items
     else:
-        train, held = jobs_items("train", n), jobs_items("validation", n_check)
+        train, held = jobs_items("train", n), jobs_items("validation", n_check) if n_check else []
     model, tok = artifacts.load(model_ref)
     comp = context.load(compressor, tokenizer=tok if compressor in context.BASELINES else None)
     ids = label_token_ids(tok, labels)
