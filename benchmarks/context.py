@@ -1,21 +1,28 @@
-"""Context compression on the toy jobs task: tables "auc", "rate", "compressor speed" and "scoring
-speed" of benchmarks/results/context.{json,md,png}.
+"""Context compression on the toy jobs task: tables "auc", "compressor speed" and "scoring speed" of
+benchmarks/results/context.{json,md,png}.
 
-    slimkit compress-context train --out runs/ctx-clf                       # the classifier (~10 min)
-    python benchmarks/context.py --classifier runs/ctx-clf --part auc       # not timed
-    flock /tmp/slimkit-bench.lock python benchmarks/context.py --classifier runs/ctx-clf --part speed
+    slimkit compress-context train --out runs/ctx-clf --n 240 --steps 1200          # the classifier
+    slimkit compress-context adapt toy:teacher --compressor runs/ctx-clf --rate 0.25 --out runs/scorer-clf --steps 800
+    slimkit compress-context adapt toy:teacher --compressor head --rate 0.25 --out runs/scorer-head --steps 800
+    slimkit compress-context adapt toy:teacher --compressor random --rate 0.25 --out runs/scorer-random --steps 800
+    python benchmarks/context.py --part auc --classifier runs/ctx-clf --adapted runs/scorer-clf \
+        --adapted-head runs/scorer-head --adapted-random runs/scorer-random             # not timed
+    flock /tmp/slimkit-bench.lock python benchmarks/context.py --part speed --classifier runs/ctx-clf \
+        --adapted runs/scorer-clf
 
-auc: the teacher's jobs AUC (P(yes) after the scoring template, as the scorer computes it) on full
-postings and on postings compressed to 2x, 4x and 10x (rate 0.5, 0.25, 0.1) per layout, by each
-compressor: surprisal under the student and the trained classifier, each without and with the query
+auc: jobs AUC (P(yes) after the scoring template, as the scorer computes it) on full postings and on
+postings compressed to 2x, 4x and 10x (rate 0.5, 0.25, 0.1) per layout. Scorers: the original teacher,
+and the teacher adapted to compressed postings (`adapted`: to the classifier's; `adapted-head`,
+`adapted-random`: to that baseline's, so that each baseline is read by a model trained for it).
+Compressors: surprisal under the student and the trained classifier, each without and with the query
 (question-aware, the query's terms protected); head truncation and random dropping at the same budget;
 and `fields`, an oracle that knows the task's vocabulary (titles, places, companies, skills) and keeps
-those words first: what keeping the right words can reach with this teacher.
-rate: the achieved fraction of tokens kept, and the share of postings within 5% of the requested rate
-or on the integer token budget closest to it (postings are ~35 tokens: at 10x the budget is 3-4 tokens).
-speed: compressor items/s (in process), and scoring items/s of a gRPC server in this process, full vs
-compressing each request's items (`--compress-items`, compressor included), one query x 32 postings
-per request.
+those words first. Rate: the share of postings within 5% of the requested rate, overall and among the
+postings long enough for a whole token count to lie within 5% (postings are ~35 tokens: at 10x the
+5% band around 3.5 tokens holds no whole count).
+speed: compressor items/s (in process), and scoring items/s of a gRPC server in this process, full
+postings (original teacher) vs compressing each request's items (`--compress-items`, compressor
+included; served by the adapted teacher when given), one query x 32 postings per request.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from _common import RESULTS, model_name, provenance, save
 from slimkit import artifacts
 from slimkit.compress import context
 from slimkit.compress.context.scorers import HeadScorer
+from slimkit.compress.context.words import TOLERANCE, band
 from slimkit.tasks import Example, get_task
 from slimkit.tasks.eval import eval_jobs
 from slimkit.tasks.jobs import COMPANIES, PLACES, TEMPLATE, TITLES
@@ -63,32 +71,56 @@ def with_posting(ex: Example, posting: str) -> Example:
     return Example(prompt=TEMPLATE.format(query=ex.meta["query"], item=posting), answer=ex.answer, meta=ex.meta)
 
 
-def on_rate(c: context.Compressed, rate: float) -> bool:
-    return abs(c.ratio / rate - 1) <= 0.05 or c.tokens_out == c.target
+def rate_stats(out: list[context.Compressed], rate: float) -> dict:
+    """Achieved rate: the share of postings within 5% of `rate`, the share long enough for a whole token
+    count to lie within 5% (`reachable`), and the share within 5% among those."""
+    within = [abs(c.ratio / rate - 1) <= TOLERANCE for c in out]
+    reach = [lo <= hi for lo, hi in (band(rate, c.tokens_in) for c in out)]
+    hits = [w for w, r in zip(within, reach, strict=True) if r]
+    return {"within_5pct": round(sum(within) / len(out), 3), "reachable": round(sum(reach) / len(out), 3),
+            "within_5pct_reachable": round(sum(hits) / len(hits), 3) if hits else None}
 
 
-def auc_part(args, model, tok) -> list[dict]:
+# Which compressors each scorer is measured with: the original with all of them; a model adapted to the
+# classifier with the classifier (and, for reference, the others); one adapted to a baseline with it.
+PLAN = {"original": None, "adapted": ("classifier", "head", "random", "fields"), "adapted-head": ("head",),
+        "adapted-random": ("random",)}
+
+
+def scorers(args) -> dict[str, str]:
+    given = {"original": args.teacher, "adapted": args.adapted, "adapted-head": args.adapted_head,
+             "adapted-random": args.adapted_random}
+    return {k: v for k, v in given.items() if v}
+
+
+def auc_part(args, tok) -> list[dict]:
     rows = []
     comps = compressors(args, tok)
+    models = {name: artifacts.load(path) for name, path in scorers(args).items()}
     for layout, exs in examples(args.layouts, args.n).items():
-        full = eval_jobs(model, tok, exs)["auc"]
-        rows.append({"layout": layout, "method": "full", "query": False, "rate": 1.0, "ratio": 1.0,
-                     "compression": 1.0, "auc": round(full, 4), "auc_drop": 0.0, "n": len(exs)})
         postings = [ex.meta["posting"] for ex in exs]
-        for name, comp in comps.items():
-            for use_query in ((False, True) if name in ("surprisal", "classifier") else (False,)):
+        full = {name: eval_jobs(m, t, exs)["auc"] for name, (m, t) in models.items()}
+        for name in models:
+            rows.append({"layout": layout, "scorer": name, "method": "full", "query": False, "rate": 1.0,
+                         "ratio": 1.0, "compression": 1.0, "auc": round(full[name], 4),
+                         "auc_drop": round(full["original"] - full[name], 4), "n": len(exs)})
+        for method, comp in comps.items():
+            for use_query in ((False, True) if method in ("surprisal", "classifier") else (False,)):
+                users = [s for s in models if PLAN[s] is None or (method in PLAN[s] and not use_query)]
+                if not users:
+                    continue
                 queries = [ex.meta["query"] for ex in exs] if use_query else None
                 for rate in RATES:
                     out = comp.compress(postings, rate=rate, queries=queries)
-                    auc = eval_jobs(model, tok, [with_posting(ex, c.text) for ex, c in zip(exs, out, strict=True)])["auc"]
+                    short = [with_posting(ex, c.text) for ex, c in zip(exs, out, strict=True)]
                     ratio = sum(c.tokens_out for c in out) / sum(c.tokens_in for c in out)
-                    rows.append({"layout": layout, "method": name, "query": use_query, "rate": rate,
-                                 "ratio": round(ratio, 4), "compression": round(1 / ratio, 2), "auc": round(auc, 4),
-                                 "auc_drop": round(full - auc, 4),
-                                 "on_rate": round(sum(on_rate(c, rate) for c in out) / len(out), 3),
-                                 "within_5pct": round(sum(abs(c.ratio / rate - 1) <= 0.05 for c in out) / len(out), 3),
-                                 "n": len(exs)})
-                    print(rows[-1], flush=True)
+                    for name in users:
+                        auc = eval_jobs(*models[name], short)["auc"]
+                        rows.append({"layout": layout, "scorer": name, "method": method, "query": use_query,
+                                     "rate": rate, "ratio": round(ratio, 4), "compression": round(1 / ratio, 2),
+                                     "auc": round(auc, 4), "auc_drop": round(full["original"] - auc, 4),
+                                     **rate_stats(out, rate), "n": len(exs)})
+                        print(rows[-1], flush=True)
     return rows
 
 
@@ -116,10 +148,11 @@ def speed_part(args, tok) -> tuple[list[dict], list[dict]]:
     # One query x 32 postings per request, as a search engine re-ranks candidates.
     requests = [(exs[i].meta["query"], postings[i:i + 32]) for i in range(0, len(postings) - 31, 32)]
     engine = TorchEngine(args.teacher, max_batch=64)
+    served = TorchEngine(args.adapted, max_batch=64) if args.adapted else engine   # what serves compressed items
     servers = {("full", False, 1.0): make_server(engine, "127.0.0.1:0")}
     settings = [(name, False, rate) for name in comps for rate in RATES] + [("classifier", True, 0.25)]
     for name, query, rate in settings:
-        servers[(name, query, rate)] = make_server(engine, "127.0.0.1:0",
+        servers[(name, query, rate)] = make_server(served, "127.0.0.1:0",
                                                    compression=ItemCompression(comps[name], rate, with_query=query))
     times: dict = {k: [] for k in servers}
     saved: dict = {}
@@ -154,17 +187,19 @@ def plot(rows: list[dict]):
         layouts = sorted({r["layout"] for r in rows})
         fig, axes = plt.subplots(1, len(layouts), figsize=(6 * len(layouts), 4.5), squeeze=False)
         for ax, lay in zip(axes[0], layouts, strict=True):
-            full = next(r["auc"] for r in rows if r["layout"] == lay and r["method"] == "full")
-            series = sorted({(r["method"], r["query"]) for r in rows if r["layout"] == lay and r["method"] != "full"})
-            for method, query in series:
-                pts = sorted((r["compression"], r["auc"]) for r in rows
-                             if r["layout"] == lay and r["method"] == method and r["query"] == query)
+            series = sorted({(r["scorer"], r["method"], r["query"]) for r in rows
+                             if r["layout"] == lay and r["method"] != "full"})
+            for scorer, method, query in series:
+                full = next(r["auc"] for r in rows if r["layout"] == lay and r["method"] == "full" and r["scorer"] == scorer)
+                pts = sorted((r["compression"], r["auc"]) for r in rows if r["layout"] == lay and
+                             r["scorer"] == scorer and r["method"] == method and r["query"] == query)
                 ax.plot([1.0] + [p[0] for p in pts], [full] + [p[1] for p in pts], marker="o",
                         linestyle="--" if method in ("head", "random", "fields") else "-",
-                        label=f"{method}{' +query' if query else ''}")
+                        linewidth=2.2 if scorer != "original" else 1.0,
+                        label=f"{method}{' +query' if query else ''}{'' if scorer == 'original' else f' [{scorer}]'}")
             ax.set_xscale("log")
             ax.set_xlabel("achieved compression (input tokens / output tokens)")
-            ax.set_ylabel("teacher jobs AUC")
+            ax.set_ylabel("jobs AUC (original or adapted teacher)")
             ax.set_title(f"layout: {lay}")
             ax.grid(alpha=0.3)
         axes[0][-1].legend(fontsize=8)
@@ -179,6 +214,9 @@ def main() -> None:
     ap.add_argument("--classifier", required=True, help="a classifier dir (slimkit compress-context train)")
     ap.add_argument("--surprisal", default="toy:student", help="the causal LM whose surprisal scores words")
     ap.add_argument("--teacher", default="toy:teacher", help="the scoring model")
+    ap.add_argument("--adapted", help="the teacher adapted to the classifier's compression (compress-context adapt)")
+    ap.add_argument("--adapted-head", help="the teacher adapted to head truncation")
+    ap.add_argument("--adapted-random", help="the teacher adapted to random dropping")
     ap.add_argument("--part", choices=("auc", "speed"), required=True)
     ap.add_argument("--layouts", nargs="+", default=["scattered", "prose", "header"])
     ap.add_argument("--n", type=int, default=200, help="postings per layout")
@@ -193,14 +231,20 @@ def main() -> None:
     settings = {"n_per_layout": args.n, "teacher": model_name(args.teacher), "surprisal": model_name(args.surprisal),
                 "classifier": f"{Path(args.classifier).name} ({clf.get('recipe')}; held-out token accuracy "
                               f"{clf.get('metrics', {}).get('heldout_token_accuracy', 0):.3f})",
-                "threads": args.threads}
-    model, tok = artifacts.load(args.teacher)
+                "threads": args.threads,
+                **{k: model_name(v) for k, v in scorers(args).items() if k != "original"}}
+    tok = artifacts.load_tokenizer(args.teacher)
     if args.part == "auc":
-        rows = auc_part(args, model, tok)
-        save("context", "auc", rows, key=("layout", "method", "query", "rate"), settings=settings, plot=plot(rows),
-             about="Teacher jobs AUC on compressed postings (test + validation splits) per layout; `ratio`: achieved "
-                   "fraction of tokens kept; `compression` = 1 / ratio; `on_rate`: share of postings within 5% of "
-                   "the requested rate or on the integer budget nearest to it; `within_5pct`: within 5% only.",
+        rows = auc_part(args, tok)
+        save("context", "auc", rows, key=("layout", "scorer", "method", "query", "rate"), settings=settings,
+             plot=plot(rows),
+             about="Jobs AUC on compressed postings (test + validation splits) per layout, of the original teacher "
+                   "and of the teacher adapted to compressed postings (`slimkit compress-context adapt`; `adapted`: "
+                   "to the classifier, `adapted-head` / `adapted-random`: to that baseline); `auc_drop`: against "
+                   "the original teacher on full postings; `ratio`: achieved fraction of tokens kept; `compression` "
+                   "= 1 / ratio; `within_5pct`: share of postings within 5% of the requested rate; `reachable`: "
+                   "share long enough for a whole token count to lie within 5%; `within_5pct_reachable`: within "
+                   "5% among those.",
              out=args.out)
     else:
         run = provenance(settings)                      # one run for both tables (the first save dirties the tree)

@@ -6,7 +6,8 @@ small `slimkit.compress.context` API (`load`, `compress`), as DESIGN.md allows. 
 on their own by default; `with_query` makes the compression question-aware (the query's terms are never
 dropped), which on the toy jobs task lowers AUC at 4x and beyond: it keeps exactly the words that
 match the query and drops those that contradict it (benchmarks/results/context.md). Tokens saved are
-counted with the engine's tokenizer, on the items as sent and as scored.
+counted with the engine's tokenizer, on the items as sent and as scored. A scorer trained on full items
+reads compressed ones poorly; serve one adapted to this compressor (`slimkit compress-context adapt`).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ def _check(comp, postings, rate):
         for text, c in zip(texts, out, strict=True):
             it = iter(text.split())
             assert all(w in it for w in c.text.split())
-            assert c.tokens_out <= c.target or qs is not None
+            assert c.tokens_out <= c.limit or qs is not None
             assert c.tokens_out == comp.count(c.text)
     return out
 

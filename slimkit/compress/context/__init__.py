@@ -41,7 +41,8 @@ class Compressed:
     text: str
     tokens_in: int
     tokens_out: int
-    target: int                         # the token budget that was asked for
+    target: int                         # the token budget that was asked for (rate x tokens_in, rounded)
+    limit: int = 0                      # the most tokens allowed: the budget, or the top of the rate's 5% band
 
     @property
     def ratio(self) -> float:
@@ -78,7 +79,7 @@ class ContextCompressor:
         for text, sp, sc, q, (ids, _) in zip(texts, spans, scores, queries, encoded, strict=True):
             sel = select(text, sp, sc, self.protection.mask(text, sp, q), self.count, len(ids), rate=rate,
                          budget=budget)
-            out.append(Compressed(sel.text, sel.tokens_in, sel.tokens_out, sel.target))
+            out.append(Compressed(sel.text, sel.tokens_in, sel.tokens_out, sel.target, sel.limit))
         return out
 
 

@@ -97,3 +97,40 @@ def train_cmd(
     metrics = train_classifier(teacher, out, n=n, data=data, steps=steps,
                                hidden=hidden, layers=layers, seed=seed, overwrite=overwrite)
     Console(stderr=True).print(f"classifier saved to {out}: {metrics}")
+
+
+@app.command("adapt")
+def adapt_cmd(
+    model: str = typer.Argument(..., help="the scorer to adapt (a causal LM dir, e.g. toy:teacher)"),
+    compressor: str = typer.Option(..., "--compressor", help="the compressor that will serve: a classifier or "
+                                   "causal LM dir, or head | random"),
+    rate: float = typer.Option(..., help="the served rate (fraction of tokens kept, in (0, 1])"),
+    out: str = typer.Option(..., "--out", "-o", help="model directory to write"),
+    rates: list[float] = typer.Option(None, "--rates", help="rates to train on (repeatable; default 1, 0.5, "
+                                      "0.25, 0.1; the served rate is always in)"),
+    n: int = typer.Option(2000, min=2, help="jobs train items (with --data: the file's)"),
+    data: str = typer.Option(None, help="JSONL of {\"query\", \"text\"[, \"label\"]} rows instead of the jobs "
+                             "task; the last --n-check labelled rows are held out for the check"),
+    steps: int = typer.Option(400, min=1, help="training steps"),
+    batch_size: int = typer.Option(32, min=1, help="items per step"),
+    lr: float = typer.Option(1e-3, help="peak learning rate"),
+    n_check: int = typer.Option(200, min=0, help="held-out items for the AUC check before and after"),
+    seed: int = typer.Option(0),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier output at --out"),
+) -> None:
+    """Adapt a scorer to compressed items: the model reading compressed items learns the label
+    distribution that the frozen original gives on the full items (KL on the label tokens).
+
+    Examples:
+
+        slimkit compress-context adapt toy:teacher --compressor runs/ctx-clf --rate 0.25 --out runs/scorer-c4
+
+        slimkit serve runs/scorer-c4 --compress-items 0.25 --compressor runs/ctx-clf
+    """
+    from rich.console import Console
+
+    from slimkit.compress.context.adapt import adapt_scorer
+
+    metrics = adapt_scorer(model, out, compressor=compressor, rate=rate, rates=rates, n=n, data=data, steps=steps,
+                           batch_size=batch_size, lr=lr, n_check=n_check, seed=seed, overwrite=overwrite)
+    Console(stderr=True).print(f"adapted scorer saved to {out}: {metrics}")

@@ -9,6 +9,7 @@ so BPE merges across kept words are accounted for, not estimated.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -162,23 +163,38 @@ class Selection:
     text: str
     tokens_in: int
     tokens_out: int
-    target: int                          # the token budget asked for
+    target: int                          # the token budget asked for (rate x tokens in, rounded)
     kept: list[int]                      # indices of the kept words
+    limit: int = 0                       # the most tokens the output may hold (protected words aside)
 
 
 # After the search, up to this many further candidates (those whose own cost could fit) are counted
-# one by one to fill the budget exactly.
+# one by one to fill the budget exactly; up to BAND_TRIES more when that leaves the output below the
+# rate's band.
 FILL_TRIES = 8
+BAND_TRIES = 64
+# A rate is met when the output holds within this fraction of rate x the input's tokens.
+TOLERANCE = 0.05
+
+
+def band(rate: float, n_in: int) -> tuple[int, int]:
+    """The whole token counts within TOLERANCE of `rate` x `n_in` (at least 1), as (lowest, highest);
+    lowest > highest where no whole count is (the input is too short to reach the rate)."""
+    lo = max(1, math.ceil(rate * n_in * (1 - TOLERANCE) - 1e-9))
+    return lo, math.floor(rate * n_in * (1 + TOLERANCE) + 1e-9)
 
 
 def select(text: str, spans: Sequence[tuple[int, int]], scores: Sequence[float], protected: Sequence[bool],
            count: TokenCounter, n_in: int, *, rate: float | None = None, budget: int | None = None) -> Selection:
     """Keep the protected words and then the best-scored ones, as many as fit the token budget
     (`rate` x the input's `n_in` tokens, rounded, at least 1; or `budget`), counted by `count` on the
-    output. The output exceeds the budget only where the protected words alone do."""
+    output. With a rate, an output that whole words leave short of the rate's 5% band is filled on up
+    to the band's top (`limit`). The output exceeds the limit only where the protected words alone do."""
     target = budget if budget is not None else max(1, round(rate * n_in))
+    low, limit = (target, target) if rate is None else band(rate, n_in)
+    limit = max(limit, target)
     if n_in <= target:
-        return Selection(text, n_in, n_in, target, list(range(len(spans))))
+        return Selection(text, n_in, n_in, target, list(range(len(spans))), n_in)
     # Rank: protected first (in text order), then by score, earlier words first among equals.
     order = sorted(range(len(spans)), key=lambda i: (not protected[i], -scores[i] if not protected[i] else 0, i))
     n_protected = sum(protected)
@@ -221,17 +237,23 @@ def select(text: str, spans: Sequence[tuple[int, int]], scores: Sequence[float],
     measure(lo)
     best_text, best_n = counted[lo]
     kept = sorted(order[:lo])
-    # Fill what is left of the budget with the next words of the ranking that still fit.
-    tries = 0
-    for i in order[lo + 1:]:
-        if best_n >= target or tries >= FILL_TRIES:
+    # Fill what is left of the budget with the next words of the ranking that still fit; then, if that
+    # leaves the output below the rate's band, on up to the band's top.
+    for second, cap in enumerate((target, limit)):
+        if second and best_n >= low:
             break
-        if costs[i] > target - best_n + 1:          # cannot fit, whatever it merges with
-            continue
-        tries += 1
-        trial = sorted([*kept, i])
-        out = join(text, spans, trial)
-        n = count(out)
-        if n <= target:
-            kept, best_text, best_n = trial, out, n
-    return Selection(best_text, n_in, best_n, target, kept)
+        tries = 0
+        for i in order[lo + 1:]:
+            if best_n >= cap or tries >= (BAND_TRIES if second else FILL_TRIES):
+                break
+            # A word whose own cost is too high can still fit where it merges with a kept neighbour:
+            # only the band's pass, which has room to spare, counts those too.
+            if i in kept or (not second and costs[i] > cap - best_n + 1):
+                continue
+            tries += 1
+            trial = sorted([*kept, i])
+            out = join(text, spans, trial)
+            n = count(out)
+            if n <= cap:
+                kept, best_text, best_n = trial, out, n
+    return Selection(best_text, n_in, best_n, target, kept, limit)
