@@ -53,3 +53,13 @@ def test_classifier_is_an_ordinary_model_dir_and_a_scorer(classifier_dir, postin
     comp = context.load(classifier_dir)
     assert comp.name == "classifier"
     _check(comp, postings, 0.1)
+
+
+def test_the_classifier_fits_at_any_step_count():
+    """Short runs (1, 2 and 10 steps: a one-cycle schedule with a warmup under one step) still train."""
+    from slimkit.compress.context.train import fit
+
+    rows = [([5, 6, 7, 8], [1, 1, 1, 1], [1.0, 0.0, 1.0, 0.0]), ([9, 10, 11], [1, 1, 1], [0.0, 1.0, 1.0])]
+    for steps in (1, 2, 10):
+        model = fit(rows, vocab_size=16, pad=0, hidden=32, layers=1, steps=steps, batch_size=2, max_len=16)
+        assert model.config.num_labels == 2

@@ -98,7 +98,10 @@ def fit(rows, *, vocab_size: int, pad: int, hidden: int = 64, layers: int = 2, s
                         id2label={0: "drop", 1: "keep"}, label2id={"drop": 0, "keep": 1})
     model = BertForTokenClassification(config)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    # One-cycle warmup over 10% of the steps (at least 1.5 of them, so that a short run still has a
+    # warmup and a decay); a run of 1-2 steps keeps lr constant.
+    sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=max(0.1, 1.5 / steps))
+             if steps >= 3 else None)
     rng = random.Random(seed)
     model.train()
     for _ in range(steps):
@@ -110,7 +113,8 @@ def fit(rows, *, vocab_size: int, pad: int, hidden: int = 64, layers: int = 2, s
         opt.zero_grad()
         loss.backward()
         opt.step()
-        sched.step()
+        if sched is not None:
+            sched.step()
         if on_progress is not None:
             on_progress(1)
     return model.eval()
