@@ -31,7 +31,11 @@ def test_quick_table_produces_every_row(tmp_path):
     assert rows.keys() == expected
     for name, r in rows.items():
         assert r["steps"] == 2 and 0 <= r["acc"] <= 1 and r["tokens"] > 0, name
-        assert r["process_peak_mb"] > r["step_peak_mb"] > 0 and 0 < r["tokens_trained"] <= 1, name
+        if r.get("teacher_saved") is not None:  # PACED: two steps may drop every prompt (all rollouts
+            # right or all wrong), and then make no update
+            assert r["process_peak_mb"] > r["step_peak_mb"] >= 0 and 0 <= r["tokens_trained"] <= 1, name
+        else:
+            assert r["process_peak_mb"] > r["step_peak_mb"] > 0 and 0 < r["tokens_trained"] <= 1, name
     assert rows["tip_entropy_top50"]["tokens_trained"] == pytest.approx(0.5, abs=0.02)
     assert rows["paced_on"]["teacher_saved"] is not None and rows["paced_off"]["teacher_saved"] is None
     assert {c["row"] for c in tables["curves"]} == expected
