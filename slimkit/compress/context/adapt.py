@@ -147,12 +147,9 @@ def adapt_scorer(model_ref: str, out: str | os.PathLike, *, compressor: str, rat
     `rate` (and the mix around it), write `out`. The check (label AUC on full and compressed held-out
     items, before and after) needs labels: the jobs validation split, or the `label` field of `data`'s
     last `n_check` rows (held out from training)."""
-    import contextlib
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from slimkit import artifacts
     from slimkit.compress import context
+    from slimkit.compress.context.train import progress_bar
     from slimkit.tasks import format_prompt
     from slimkit.tasks.eval import label_token_ids
     from slimkit.tasks.jobs import TEMPLATE
@@ -173,8 +170,7 @@ def adapt_scorer(model_ref: str, out: str | os.PathLike, *, compressor: str, rat
     comp = context.load(compressor, tokenizer=tok if compressor in context.BASELINES else None)
     ids = label_token_ids(tok, labels)
     fmt = lambda p: format_prompt(tok, p)  # noqa: E731
-    bar = (Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    transient=True) if progress else contextlib.nullcontext())
+    bar, ticker = progress_bar(progress)
 
     def check(tag: str, metrics: dict[str, Any]) -> None:
         for r in sorted({1.0, rate}, reverse=True) if held else ():
@@ -183,12 +179,6 @@ def adapt_scorer(model_ref: str, out: str | os.PathLike, *, compressor: str, rat
 
     metrics: dict[str, Any] = {}
     with bar:
-        def ticker(what: str, total: int):
-            if not progress:
-                return None
-            tid = bar.add_task(what, total=total)
-            return lambda k: bar.advance(tid, k)
-
         check("before", metrics)
         pairs = make_pairs(comp, [(q, t) for q, t, _ in train], mix, template=template, format_prompt=fmt, seed=seed)
         targets = teacher_targets(model, tok, [f for f, _, _ in pairs], ids)

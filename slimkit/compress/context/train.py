@@ -168,14 +168,30 @@ def jobs_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
     return [(ex.meta["query"], ex.meta["posting"]) for ex in get_task("jobs").split("train", n)]
 
 
+def progress_bar(enabled: bool):
+    """(a context for a transient rich progress bar, ticker(what, total) -> an on_progress callback);
+    without `enabled`, a no-op context and tickers that return None."""
+    import contextlib
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if not enabled:
+        return contextlib.nullcontext(), lambda what, total: None
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   transient=True)
+
+    def ticker(what: str, total: int):
+        tid = bar.add_task(what, total=total)
+        return lambda k: bar.advance(tid, k)
+
+    return bar, ticker
+
+
 def train_classifier(teacher: str, out: str | Path, *, n: int = 200, data: str | None = None, steps: int = 400, hidden: int = 64, layers: int = 2,
                      template: str | None = None, seed: int = 0, overwrite: bool = False,
                      progress: bool = True) -> dict[str, Any]:
     """`slimkit compress-context train`: label with `teacher`, fit the classifier, write `out`."""
-    import contextlib
     import json
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from slimkit import artifacts
     from slimkit.tasks.jobs import TEMPLATE
@@ -186,15 +202,8 @@ def train_classifier(teacher: str, out: str | Path, *, n: int = 200, data: str |
     pairs = read_pairs(data) if data else jobs_pairs(n, seed)
     model, tok = artifacts.load(teacher)
     sep = tok.eos_token_id if tok.eos_token_id is not None else tok.pad_token_id
-    bar = (Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    transient=True) if progress else contextlib.nullcontext())
+    bar, ticker = progress_bar(progress)
     with bar:
-        def ticker(what: str, total: int):
-            if not progress:
-                return None
-            tid = bar.add_task(what, total=total)
-            return lambda k: bar.advance(tid, k)
-
         labels = teacher_labels(model, tok, pairs, template=template or TEMPLATE, on_progress=ticker("teacher labels", len(pairs)))
         rows = make_rows(tok, pairs, labels, sep=sep, max_len=512)
         held = max(2, len(rows) // 10) // 2 * 2            # whole pairs (two rows each) held out
