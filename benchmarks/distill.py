@@ -15,8 +15,9 @@ two selectors keep (distill_scatter.png).
     python benchmarks/distill.py --rows opd_all,bridge    # some rows (the others stay in the record)
     python benchmarks/distill.py --quick --out /tmp/d     # every row for 2 steps: a check that each is produced
 
-Rows run one at a time, each under an exclusive lock on --lock (the machine's timing lock), so no
-other timing run shares the CPU with a row.
+Rows run --jobs at a time (default 2, one CPU thread each on this 2-core machine; the largest rows
+first), the whole table under an exclusive lock on --lock (the machine's timing lock), so a row shares
+the CPU only with the table's other rows, each with its own core.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +69,8 @@ ROWS: dict[str, Row] = {
     "trl_gkd": Row("opd.yaml", "opd_all's recipe through TRL's GKDTrainer (lmbda 1, beta 0: forward KL)", trl=True),
 }
 TRL_PYTHON = ROOT / ".venv-trl" / "bin" / "python"
+COST = {"trl_gkd": 3, "opsdc_teacher": 1.5, "opsdc_teacher_reverse": 1.5, "paced_off": 1.3, "paced_on": 1.2,
+        "forward_then_reverse": 1.2}  # a row's time relative to opd_all's (roughly): the scheduling order
 
 # --quick: every row for two steps on small batches (stages: one step each)
 QUICK = {"data.n": 64, "train.prompts_per_step": 4, "rollout.max_new_tokens": 24, "eval.max_new_tokens": 24,
@@ -81,15 +85,17 @@ ABOUT = ("One `slimkit distill` process per row (recipe under recipes/repro/, th
          "(RSS over the step minus RSS at its start).")
 
 
-def recipe_for(name: str, quick: bool, runs: Path) -> Path:
-    """The row's effective recipe, written beside its run directory (validated before it runs)."""
+def recipe_for(name: str, quick: bool, runs: Path, threads: int | None = None) -> Path:
+    """The row's effective recipe, written beside its run directory (validated before it runs);
+    `threads`: its train.threads (default: the recipe's)."""
     import yaml
 
     from slimkit.compress.distill import load_recipe
     from slimkit.recipe import apply_overrides, load_yaml
 
     row = ROWS[name]
-    data = apply_overrides(load_yaml(RECIPES / row.recipe), [*row.sets, f"out={runs / name}"])
+    data = apply_overrides(load_yaml(RECIPES / row.recipe), [*row.sets, f"out={runs / name}",
+                                                             *([f"train.threads={threads}"] if threads else [])])
     if quick:
         data = apply_overrides(data, [f"{k}={v}" for k, v in QUICK.items()])
         if data.get("stages"):
@@ -104,19 +110,16 @@ def recipe_for(name: str, quick: bool, runs: Path) -> Path:
     return path
 
 
-def run_row(name: str, recipe: Path, runs: Path, lock: Path | None) -> dict:
+def run_row(name: str, recipe: Path, runs: Path) -> dict:
     """Run one row in its own process; its metrics summarised, with the process's peak RSS."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     cmd = ([str(TRL_PYTHON), str(ROOT / "benchmarks" / "distill_trl.py"), str(recipe)] if ROWS[name].trl else
            [sys.executable, "-m", "slimkit.cli", "distill", str(recipe), "--overwrite"])
-    with open(lock, "w") if lock else open(os.devnull) as held:
-        if lock:
-            fcntl.flock(held, fcntl.LOCK_EX)
-        t0 = time.perf_counter()
-        with open(runs / f"{name}.log", "w") as log:
-            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-            _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with open(runs / f"{name}.log", "w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         tail = (runs / f"{name}.log").read_text()[-2000:]
@@ -230,7 +233,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="results directory (default: the record; "
                                                              "--quick: RUNS/results)")
     ap.add_argument("--lock", type=Path, default=Path("/tmp/slimkit-bench.lock"),
-                    help="held while each row runs (timing runs never overlap); '' for none")
+                    help="held while the table runs (timing runs never overlap); '' for none")
+    ap.add_argument("--jobs", type=int, default=2, help="rows at a time (each gets cores / jobs threads)")
     args = ap.parse_args()
     names = [n.strip() for n in args.rows.split(",") if n.strip()]
     unknown = sorted(set(names) - ROWS.keys())
@@ -244,18 +248,24 @@ def main() -> None:
     runs = (args.runs or ROOT / "runs" / ("repro-quick" if args.quick else "repro")).resolve()
     out = args.out or (runs / "results" if args.quick else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
-    recipes = {n: recipe_for(n, args.quick, runs) for n in names}  # every recipe validates before any row runs
-    settings = {"quick": args.quick, "rows": names}
-    rows = []
-    for n in names:  # each row is recorded as soon as it has run
-        rows.append(run_row(n, recipes[n], runs, args.lock if str(args.lock) not in ("", ".") else None))
-        print(json.dumps({k: v for k, v in rows[-1].items() if k != "curve"}), flush=True)
-        save("distill", "rows", [{k: v for k, v in rows[-1].items() if k != "curve"}], key=["row"], about=ABOUT,
-             settings=settings, out=out)
-        save("distill", "curves", [{"row": n, "step": s, "acc": a, "tokens": t} for s, a, t in rows[-1]["curve"]],
-             key=["row", "step"], show=False, settings=settings, out=out,
-             about="Validation accuracy and tokens per answer at every eval of every row (distill.png).",
-             plot=lambda path: plot_curves(_all_curves(out))(path))  # the record on disk, this row merged
+    jobs = max(1, args.jobs)
+    threads = None if args.quick or jobs == 1 else max(1, (os.cpu_count() or 1) // jobs)
+    recipes = {n: recipe_for(n, args.quick, runs, threads) for n in names}  # all validate before any row runs
+    settings = {"quick": args.quick, "rows": names, "jobs": jobs, "threads": threads}
+    order = sorted(names, key=lambda n: -COST.get(n, 1))  # the largest rows first: the pool ends together
+    lock = args.lock if str(args.lock) not in ("", ".") else None
+    with open(lock, "w") if lock else open(os.devnull) as held, ThreadPoolExecutor(jobs) as pool:
+        if lock:
+            fcntl.flock(held, fcntl.LOCK_EX)
+        for done in as_completed([pool.submit(run_row, n, recipes[n], runs) for n in order]):
+            row = done.result()  # each row is recorded as soon as it has run
+            print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
+            save("distill", "rows", [{k: v for k, v in row.items() if k != "curve"}], key=["row"], about=ABOUT,
+                 settings=settings, out=out)
+            save("distill", "curves", [{"row": row["row"], "step": s, "acc": a, "tokens": t} for s, a, t in row["curve"]],
+                 key=["row", "step"], show=False, settings=settings, out=out,
+                 about="Validation accuracy and tokens per answer at every eval of every row (distill.png).",
+                 plot=lambda path: plot_curves(_all_curves(out))(path))  # the record on disk, this row merged
     sc = batch_scores(runs, args.quick)
     total = len(sc["entropy"])
     hi_h = [x >= sc["h"] for x in sc["entropy"]]

@@ -57,16 +57,18 @@ def _fingerprint(**parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _ids(tok, text: str) -> list[int]:
-    return tok(text, add_special_tokens=False)["input_ids"]
+def _ids(tok, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text (one batched call: a fast tokenizer's batch is several times quicker)."""
+    return tok(texts, add_special_tokens=False)["input_ids"] if texts else []
 
 
 class DatasetSource:
     """Completions from the data itself (texts ending in EOS, see `slimkit.tasks.training_text`)."""
 
     def __init__(self, tok, prompts: list[str], completions: list[str]):
-        self.rollouts = [[Rollout(_ids(tok, p), _ids(tok, c), i)]
-                         for i, (p, c) in enumerate(zip(prompts, completions, strict=True))]
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        self.rollouts = [[Rollout(p, c, i)] for i, (p, c) in enumerate(zip(_ids(tok, prompts), _ids(tok, completions)))]
         self._number()
 
     def get(self, indices: Sequence[int], **_) -> list[Rollout]:
@@ -165,7 +167,7 @@ class VllmStudentSource(StudentSource):
                                "(.venv-vllm/bin/slimkit distill ...), or use rollout.engine=hf") from None
         self.llm = LLM(model=str(model_dir), dtype="float32", seed=seed, enforce_eager=True,
                        distributed_executor_backend="uni", max_num_seqs=max(cfg.batch_size, cfg.samples))
-        self.prompt_ids = [_ids(tok, p) for p in prompts]
+        self.prompt_ids = _ids(tok, prompts)
         self.pushed_step: int | None = None
 
     def refresh(self, model) -> None:
