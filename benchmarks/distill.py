@@ -15,17 +15,15 @@ two selectors keep (distill_scatter.png).
     python benchmarks/distill.py --rows opd_all,bridge    # some rows (the others stay in the record)
     python benchmarks/distill.py --quick --out /tmp/d     # every row for 2 steps: a check that each is produced
 
-slimkit's rows run --jobs at a time (default 2, one CPU thread each on this 2-core machine; the largest
-first), then the peer's row (TRL) alone with every core, the whole table under an exclusive lock on
---lock (the machine's timing lock): a row shares the CPU only with another of the table's rows, each
-on its own core (TRL's generation at one thread is several times slower than at two).
+Rows run --jobs at a time (default 2, one CPU thread each on this 2-core machine; the largest first),
+TRL's row among them on the same terms, the whole table under an exclusive lock on --lock (the
+machine's timing lock): a row shares the CPU only with another of the table's rows, each on its own core.
 """
 
 from __future__ import annotations
 
 import argparse
 import fcntl
-import itertools
 import json
 import os
 import statistics
@@ -68,11 +66,11 @@ ROWS: dict[str, Row] = {
     "forward_then_reverse": Row("forward_then_reverse.yaml", "PACED forward KL, then PACED reverse KL"),
     "opsdc_teacher": Row("opsdc.yaml", "OPSDC on the teacher: itself + \"Be concise.\", forward KL"),
     "opsdc_teacher_reverse": Row("opsdc.yaml", "OPSDC as above with the paper's reverse KL", ("loss.kind=reverse",)),
-    "trl_gkd": Row("opd.yaml", "opd_all's recipe through TRL's GKDTrainer (lmbda 1, beta 0: forward KL)", trl=True),
+    "trl_gkd": Row("opd.yaml", "opd_all's recipe through TRL's GKDTrainer (lmbda 1, beta 0: forward KL; fp32, "
+                   "KV cache on)", trl=True),
 }
 TRL_PYTHON = ROOT / ".venv-trl" / "bin" / "python"
-COST = {"opsdc_teacher": 1.5, "opsdc_teacher_reverse": 1.5, "paced_off": 1.3, "paced_on": 1.2,
-        "forward_then_reverse": 1.2}  # a row's time relative to opd_all's (roughly): the scheduling order
+COST = {"opsdc_teacher": 2.3, "opsdc_teacher_reverse": 2.3, "trl_gkd": 1.2}  # a row's time relative to opd_all's (roughly): the scheduling order
 
 # --quick: every row for two steps on small batches (stages: one step each)
 QUICK = {"data.n": 64, "train.prompts_per_step": 4, "rollout.max_new_tokens": 24, "eval.max_new_tokens": 24,
@@ -251,17 +249,16 @@ def main() -> None:
     out = args.out or (runs / "results" if args.quick else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
     jobs, cores = max(1, args.jobs), os.cpu_count() or 1
-    threads = None if args.quick else {n: cores if ROWS[n].trl or jobs == 1 else max(1, cores // jobs) for n in names}
+    threads = None if args.quick else {n: max(1, cores // jobs) for n in names}
     recipes = {n: recipe_for(n, args.quick, runs, threads and threads[n]) for n in names}  # all validate first
     settings = {"quick": args.quick, "rows": names, "jobs": jobs}
-    ours = sorted((n for n in names if not ROWS[n].trl), key=lambda n: -COST.get(n, 1))  # largest first
+    order = sorted(names, key=lambda n: -COST.get(n, 1))  # largest first
     lock = args.lock if str(args.lock) not in ("", ".") else None
     with open(lock, "w") if lock else open(os.devnull) as held, ThreadPoolExecutor(jobs) as pool:
         if lock:
             fcntl.flock(held, fcntl.LOCK_EX)
-        futures = [pool.submit(run_row, n, recipes[n], runs) for n in ours]
-        peers = [n for n in names if ROWS[n].trl]  # after slimkit's rows, one at a time, with every core
-        for done in itertools.chain(as_completed(futures), (pool.submit(run_row, n, recipes[n], runs) for n in peers)):
+        futures = [pool.submit(run_row, n, recipes[n], runs) for n in order]
+        for done in as_completed(futures):
             row = done.result()  # each row is recorded as soon as it has run
             print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
             save("distill", "rows", [{k: v for k, v in row.items() if k != "curve"}], key=["row"], about=ABOUT,
