@@ -68,7 +68,7 @@ class DatasetSource:
     def __init__(self, tok, prompts: list[str], completions: list[str]):
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-        self.rollouts = [[Rollout(p, c, i)] for i, (p, c) in enumerate(zip(_ids(tok, prompts), _ids(tok, completions)))]
+        self.rollouts = [[Rollout(p, c, i)] for i, (p, c) in enumerate(zip(_ids(tok, prompts), _ids(tok, completions), strict=True))]
         self._number()
 
     def get(self, indices: Sequence[int], **_) -> list[Rollout]:
