@@ -108,7 +108,8 @@ def measure_in_vllm_env(model_dir: Path, dtype: str, args) -> dict:
         env = os.environ | {"PYTHONPATH": str(ROOT), "VLLM_CPU_KVCACHE_SPACE": "1"}
         r = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if r.returncode != 0:
-            return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"}
+            last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
+            return {"error": last.replace(str(model_dir), model_dir.name)}  # no temporary path in the record
         return json.loads(out.read_text())
 
 
