@@ -70,7 +70,8 @@ ROWS: dict[str, Row] = {
                    "KV cache on)", trl=True),
 }
 TRL_PYTHON = ROOT / ".venv-trl" / "bin" / "python"
-COST = {"opsdc_teacher": 2.3, "opsdc_teacher_reverse": 2.3, "trl_gkd": 1.2}  # a row's time relative to opd_all's (roughly): the scheduling order
+# a row's time relative to opd_all's (roughly): the scheduling order, largest first
+COST = {"opsdc_teacher": 2.3, "opsdc_teacher_reverse": 2.3, "trl_gkd": 1.2}
 
 # --quick: every row for two steps on small batches (stages: one step each)
 QUICK = {"data.n": 64, "train.prompts_per_step": 4, "rollout.max_new_tokens": 24, "eval.max_new_tokens": 24,

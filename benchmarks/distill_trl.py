@@ -79,7 +79,7 @@ def main() -> None:
         logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=t.seed, data_seed=t.seed,
         dataloader_num_workers=0, disable_tqdm=True,
         # TRL's defaults are bf16 autocast and gradient checkpointing, which turns off the KV cache in
-        # generation; on this CPU (no native bf16) that is ~6x slower a step. fp32 and the cache, as slimkit.
+        # generation; on a CPU without native bf16 both cost many times a step. fp32 and the cache, as slimkit.
         bf16=False, gradient_checkpointing=False)
 
     class Record(TrainerCallback):
