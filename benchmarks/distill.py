@@ -250,8 +250,8 @@ def main() -> None:
     out = args.out or (runs / "results" if args.quick else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
     jobs, cores = max(1, args.jobs), os.cpu_count() or 1
-    threads = None if args.quick else {n: max(1, cores // jobs) for n in names}
-    recipes = {n: recipe_for(n, args.quick, runs, threads and threads[n]) for n in names}  # all validate first
+    threads = None if args.quick else max(1, cores // jobs)  # every row, TRL's included
+    recipes = {n: recipe_for(n, args.quick, runs, threads) for n in names}  # all validate first
     settings = {"quick": args.quick, "rows": names, "jobs": jobs}
     order = sorted(names, key=lambda n: -COST.get(n, 1))  # largest first
     lock = args.lock if str(args.lock) not in ("", ".") else None
