@@ -1,12 +1,14 @@
 """Record toy-world builds: tables "builds" (one column per build, with the targets) and "build
 records" (each build's whole toy.json) of benchmarks/results/toy.{json,md}.
 
-    slimkit toy build --out runs/toy-s1 --seed 1                 # a rebuild (seed, threads)
+    slimkit toy build --out runs/toy-s1 --seed 1                 # a rebuild (seed, workers, threads)
     .venv/bin/python benchmarks/toy.py --from runs/toy-s1 [--from ...]   # record it
     .venv/bin/python benchmarks/toy.py --from "$(slimkit toy path)"       # the shipped world's build
     .venv/bin/python benchmarks/toy.py                            # build into a temp dir and record
 
-A build is keyed by (version, seed, threads): recording it again replaces its row.
+A build is keyed by (version, seed, workers, threads): recording it again replaces its row. `workers`:
+data-parallel training processes; `threads`: torch threads in each (builds before workers existed
+trained in one process).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ def row(record: dict) -> dict:
     """One build's figures, and whether each meets its target."""
     t, s = record["models"]["teacher"], record["models"]["student"]
     layouts = t["jobs"].get("auc_by_layout", {})
-    out = {"version": record["version"], "seed": record["seed"], "threads": record["threads"],
+    out = {"version": record["version"], "seed": record["seed"], "workers": record.get("workers", 1),
+           "threads": record["threads"],
            "build seconds": record["build_seconds"], "build CPU seconds": record.get("build_cpu_seconds"),
            "load at start": record.get("loadavg_start"),
            "teacher steps": t["steps"], "teacher train tokens/s": t["train_tokens_per_s"],
@@ -59,10 +62,11 @@ def main() -> None:
     for record in records:
         run = provenance()
         if args.src:  # the figures come from the build, not from this command
-            run["command"] = (f"slimkit toy build --seed {record['seed']} --threads {record['threads']}"
+            run["command"] = (f"slimkit toy build --seed {record['seed']} --workers {record.get('workers', 1)} "
+                              f"--threads {record['threads']}"
                               if record.get("steps_scale", 1) == 1 else "slimkit toy build (scaled)")
         runs.append(run)
-    key = ("version", "seed", "threads")
+    key = ("version", "seed", "workers", "threads")
     about = ("Targets: " + ", ".join(f"{k} {v if not isinstance(v, tuple) else f'{v[0]}-{v[1]}'}"
                                      for k, v in TARGETS.items())
              + ". Accuracy and AUC on the test split (arith n=600; jobs n=600, about 200 per layout).")

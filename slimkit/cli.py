@@ -61,7 +61,10 @@ app.add_typer(toy_app, name="toy")
 def toy_build_cmd(
     out: str | None = typer.Option(None, "--out", help="Directory (default ~/.cache/slimkit/toy-v4, or $SLIMKIT_HOME/toy-v4)."),
     seed: int = typer.Option(0, "--seed", help="Teacher seed (the student uses seed + 1)."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads (default: up to 2)."),
+    threads: int | None = typer.Option(None, "--threads", min=1,
+                                       help="torch threads per training process (default: 1 with several)."),
+    workers: int | None = typer.Option(None, "--workers", min=1,
+                                       help="data-parallel training processes (default: one per core, up to 2)."),
     force: bool = typer.Option(False, "--force", help="Replace an earlier toy build in --out."),
 ) -> None:
     """Rebuild the toy world from nothing (tokenizer, teacher, student) with fixed seeds.
@@ -74,6 +77,8 @@ def toy_build_cmd(
         slimkit toy build
 
         slimkit toy build --out /tmp/toy --seed 1
+
+        slimkit toy build --out /tmp/toy-1 --workers 1 --threads 1     # one process, one thread
 
         SLIMKIT_TOY_STEPS_SCALE=0.05 slimkit toy build --out /tmp/quick   # a tiny smoke build
     """
@@ -91,7 +96,7 @@ def toy_build_cmd(
                                "choose an empty or new directory with --out")
         if not force:
             raise SlimkitError(f"a toy world is already built at {root}: use --force to replace it")
-    build(root, seed=seed, threads=threads, overwrite=force)
+    build(root, seed=seed, threads=threads, workers=workers, overwrite=force)
 
 
 @toy_app.command("report")

@@ -155,7 +155,8 @@ class Jobs(Task):
         layout = rng.choice(LAYOUTS)
         posting = make_posting(rng, p_title, p_place, p_skills, layout, self.filler_lines)
         answer = "yes" if label else "no"
-        meta = {"query": query, "posting": posting, "label": int(label), "layout": layout}
+        meta = {"query": query, "posting": posting, "label": int(label), "layout": layout,
+                "posting_title": p_title, "posting_place": p_place}
         return f"{query}|{posting}", Example(prompt=TEMPLATE.format(query=query, item=posting), answer=answer,
                                              meta=meta)
 

@@ -61,6 +61,12 @@ def default_threads() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
+def default_workers() -> int:
+    """Data-parallel training processes: one per core, up to 2 (a second torch thread in one process
+    buys little on these small matmuls; a second process nearly halves the step)."""
+    return default_threads()
+
+
 def training_data() -> dict[str, list]:
     """Train examples per task, and the teacher's short jobs postings ("jobs-short")."""
     from slimkit.tasks import get_task
@@ -120,23 +126,116 @@ def _raise_on_sigterm(signum, frame):
     raise _Terminated(f"terminated by signal {signum}")
 
 
-def build(root: str | os.PathLike, *, seed: int = 0, threads: int | None = None, scale: float | None = None,
-          eval_n: dict[str, int] | None = None, overwrite: bool = False, console=None) -> dict[str, Any]:
+def _plan(name: str, seed: int, scale: float, tok):
+    """(shape, task weights, SFTConfig) of the teacher or the student."""
+    from slimkit.toy.sft import SFTConfig
+
+    if name == "teacher":
+        shape, steps, model_seed, weights, lr = TEACHER, TEACHER_STEPS, seed, TEACHER_WEIGHTS, TEACHER_LR
+        extra = {"task_batch_size": TEACHER_BATCH, "prompt_loss": TEACHER_PROMPT_LOSS,
+                 "prompt_loss_only": posting_fields(tok) if TEACHER_FIELD_LOSS else None,
+                 "task_steps": scaled_windows(TEACHER_WINDOWS, scale)}
+    else:
+        shape, steps, model_seed, weights, lr, extra = STUDENT, STUDENT_STEPS, seed + 1, STUDENT_WEIGHTS, SFTConfig.lr, {}
+    cfg = SFTConfig(steps=max(1, round(steps * scale)), seed=model_seed, lr=lr,
+                    warmup=min(100, max(1, round(steps * scale) // 10)), **extra)
+    return shape, weights, cfg
+
+
+def _fit(name: str, seed: int, scale: float, eval_n: dict[str, int], data, tok, ring=None, console=None):
+    """Train the teacher or the student from its seed; on a data-parallel `ring`, this rank's part."""
+    from slimkit import toy
+    from slimkit.toy.sft import train
+
+    shape, weights, cfg = _plan(name, seed, scale, tok)
+    model = toy.new_model(tok, seed=cfg.seed, **shape)
+    if console is not None:
+        params = sum(p.numel() for p in model.parameters())
+        console.print(f"[bold]{name}[/]: Qwen3 {shape}, {params / 1e6:.2f}M parameters, {cfg.steps} steps"
+                      + (f", {ring.world} processes" if ring is not None else ""))
+    stop = stop_at(model, tok, STUDENT_STOP, max(1, round(STUDENT_CHECK * scale)),
+                   n=min(200, eval_n.get("arith", 200))) if name == "student" else None
+    stats = train(model, tok, data, weights, cfg, description=f"  train {name}", on_step=stop, ring=ring,
+                  progress=ring is None or ring.rank == 0)
+    return model, shape, weights, cfg, stats
+
+
+def _rank(rank: int, world: int, address: str, name: str, seed: int, scale: float, eval_n: dict[str, int]) -> None:
+    """A data-parallel worker process (ranks 1..world-1): the same data and model, its rows of each batch."""
+    import torch
+
+    from slimkit import toy
+    from slimkit.toy.sft import Ring
+
+    torch.set_num_threads(1)
+    ring = Ring(rank, world, address)
+    try:
+        _fit(name, seed, scale, eval_n, training_data(), toy.toy_tokenizer(), ring)
+    finally:
+        ring.close()
+
+
+def _free_address() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def _fit_parallel(name: str, seed: int, scale: float, eval_n: dict[str, int], data, tok, workers: int, console):
+    """`_fit` as rank 0 of `workers` processes (the others spawned here, one thread each)."""
+    import multiprocessing
+
+    from slimkit.errors import SlimkitError
+    from slimkit.toy.sft import Ring
+
+    if workers == 1:
+        return _fit(name, seed, scale, eval_n, data, tok, console=console)
+    address = _free_address()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_rank, args=(r, workers, address, name, seed, scale, eval_n), daemon=True)
+             for r in range(1, workers)]
+    for p in procs:
+        p.start()
+    try:
+        ring = Ring(0, workers, address)
+        try:
+            out = _fit(name, seed, scale, eval_n, data, tok, ring, console=console)
+        finally:
+            ring.close()
+        for p in procs:
+            p.join(timeout=60)
+        if any(p.exitcode != 0 for p in procs):
+            raise SlimkitError(f"a toy-build worker process failed (exit codes {[p.exitcode for p in procs]})")
+        return out
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join()
+
+
+def build(root: str | os.PathLike, *, seed: int = 0, threads: int | None = None, workers: int | None = None,
+          scale: float | None = None, eval_n: dict[str, int] | None = None, overwrite: bool = False,
+          console=None) -> dict[str, Any]:
     """Train tokenizer, teacher (seed `seed`) and student (seed `seed + 1`) into `root`, written
-    atomically; `overwrite` replaces an earlier toy build there. Returns the build record."""
+    atomically; `overwrite` replaces an earlier toy build there. Training runs data-parallel over
+    `workers` processes (default: one per core, up to 2) of `threads` torch threads (default 1 with
+    several workers); evaluation in this process. Returns the build record."""
     import torch
     from rich.console import Console
     from transformers.utils import logging as hf_logging
 
     from slimkit import artifacts, toy
-    from slimkit.toy.sft import SFTConfig, train
 
     hf_logging.disable_progress_bar()
     console = console or Console(stderr=True)
     scale = steps_scale() if scale is None else scale
     eval_n = dict(EVAL_N if eval_n is None else eval_n)
     root = Path(root)
-    torch.set_num_threads(threads or default_threads())
+    workers = workers or default_workers()
+    threads = threads or (1 if workers > 1 else default_threads())
     old = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     t0, cpu0 = time.perf_counter(), time.process_time()
     load0 = os.getloadavg()[0]
@@ -145,22 +244,14 @@ def build(root: str | os.PathLike, *, seed: int = 0, threads: int | None = None,
             console.print(f"[bold]building the toy world[/] into {root} (steps x{scale:g})")
             data = training_data()
             tok = toy.toy_tokenizer()
-            record: dict[str, Any] = {"version": toy.VERSION, "seed": seed, "threads": torch.get_num_threads(),
+            record: dict[str, Any] = {"version": toy.VERSION, "seed": seed, "threads": threads, "workers": workers,
                                       "steps_scale": scale, "vocab": len(tok), "models": {}}
-            for name, shape, steps, model_seed, weights, lr, extra in (
-                    ("teacher", TEACHER, TEACHER_STEPS, seed, TEACHER_WEIGHTS, TEACHER_LR,
-                     {"task_batch_size": TEACHER_BATCH, "prompt_loss": TEACHER_PROMPT_LOSS,
-                      "prompt_loss_only": posting_fields(tok) if TEACHER_FIELD_LOSS else None,
-                      "task_steps": scaled_windows(TEACHER_WINDOWS, scale)}),
-                    ("student", STUDENT, STUDENT_STEPS, seed + 1, STUDENT_WEIGHTS, SFTConfig.lr, {})):
-                cfg = SFTConfig(steps=max(1, round(steps * scale)), seed=model_seed, lr=lr,
-                                warmup=min(100, max(1, round(steps * scale) // 10)), **extra)
-                model = toy.new_model(tok, seed=model_seed, **shape)
+            for name in ("teacher", "student"):
+                torch.set_num_threads(threads)
+                model, shape, weights, cfg, stats = _fit_parallel(name, seed, scale, eval_n, data, tok, workers,
+                                                                  console)
+                torch.set_num_threads(min(threads * workers, os.cpu_count() or 1))  # evaluation: here alone
                 params = sum(p.numel() for p in model.parameters())
-                console.print(f"[bold]{name}[/]: Qwen3 {shape}, {params / 1e6:.2f}M parameters, {cfg.steps} steps")
-                stop = stop_at(model, tok, STUDENT_STOP, max(1, round(STUDENT_CHECK * scale)),
-                                n=min(200, eval_n.get("arith", 200))) if name == "student" else None
-                stats = train(model, tok, data, weights, cfg, description=f"  train {name}", on_step=stop)
                 metrics = _eval_all(model, tok, eval_n)
                 metrics["train"] = stats
                 recipe = {"shape": shape, "sft": vars(cfg), "weights": weights, "train_sizes": TRAIN_SIZES}
@@ -172,7 +263,7 @@ def build(root: str | os.PathLike, *, seed: int = 0, threads: int | None = None,
                 console.print(f"  {name}: arith {metrics['arith']['accuracy']:.1%}  jobs AUC "
                               f"{metrics['jobs']['auc']:.3f}  ({stats['seconds']:.0f} s training)")
             record["build_seconds"] = time.perf_counter() - t0
-            record["build_cpu_seconds"] = time.process_time() - cpu0
+            record["build_cpu_seconds"] = time.process_time() - cpu0  # this process (not the workers)
             record["loadavg_start"] = load0
             record["loadavg_end"] = os.getloadavg()[0]
             (tmp / "toy.json").write_text(json.dumps(record, indent=2) + "\n")

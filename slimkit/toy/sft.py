@@ -4,6 +4,11 @@ Each step takes one batch from one task (tasks interleave by weight, so a batch 
 lengths; a task may be limited to a window of steps, for a curriculum); batches are drawn from
 length-sorted pools to keep padding small. Fixed step counts and
 seeds make a run reproducible; the learning rate warms up then decays on a cosine to 10%.
+
+Data-parallel over `world` processes (`Ring`, gloo on this host): every rank draws the same batch
+and trains on its rows rank::world, each rank's loss is its share of the whole batch's means, and the
+gradients are summed, so the update is the single-process one up to float rounding. The toy world
+trains small models whose matmuls barely use a second thread; two one-thread processes use it.
 """
 
 from __future__ import annotations
@@ -58,23 +63,58 @@ def collate(rows: list[tuple[list[int], list[int]]], pad: int, multiple: int = 1
     return {"input_ids": ids, "attention_mask": attention, "labels": ids.masked_fill(~answer, -100)}
 
 
-def step_loss(model, batch: dict[str, torch.Tensor], prompt_weight: float = 0.0,
-              only: tuple[int, list[int]] | None = None) -> torch.Tensor:
-    """Mean next-token loss on the answer tokens, plus `prompt_weight` times the mean loss on the
-    prompt tokens (`only` = (marker, ids): on the tokens in `ids` after the first `marker`)."""
-    if not prompt_weight:
-        return model(**batch).loss
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+def loss_masks(batch: dict[str, torch.Tensor], only: tuple[int, list[int]] | None = None):
+    """(answer, prompt) masks over the next-token targets [B, L-1]: the answer tokens, and the prompt
+    tokens (`only` = (marker, ids): those in `ids` after the first `marker`)."""
     targets = batch["input_ids"][:, 1:]
-    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
-                                           reduction="none").view_as(targets)
     answer = batch["labels"][:, 1:] != -100
     prompt = batch["attention_mask"][:, 1:].bool() & ~answer
     if only is not None:
         after = (batch["input_ids"] == only[0]).cumsum(1)[:, :-1] > 0
         prompt &= after & torch.isin(targets, torch.tensor(only[1]))
+    return answer, prompt
+
+
+def step_loss(model, batch: dict[str, torch.Tensor], prompt_weight: float = 0.0,
+              only: tuple[int, list[int]] | None = None, counts: tuple[int, int] | None = None) -> torch.Tensor:
+    """Mean next-token loss on the answer tokens, plus `prompt_weight` times the mean loss on the
+    prompt tokens (`only` = (marker, ids): on the tokens in `ids` after the first `marker`). With
+    `counts` (the whole batch's answer and prompt tokens), this rows' sums over those counts: the
+    share of a data-parallel rank."""
+    if not prompt_weight and counts is None:
+        return model(**batch).loss
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    targets = batch["input_ids"][:, 1:]
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
+                                           reduction="none").view_as(targets)
+    answer, prompt = loss_masks(batch, only)
+    if counts is not None:
+        loss = ce[answer].sum() / max(1, counts[0])
+        return loss + prompt_weight * ce[prompt].sum() / counts[1] if prompt_weight and counts[1] else loss
     aux = ce[prompt].mean() if prompt.any() else ce.new_zeros(())
     return ce[answer].mean() + prompt_weight * aux
+
+
+class Ring:
+    """One rank of a data-parallel group of processes on this host (gloo): sums gradients."""
+
+    def __init__(self, rank: int, world: int, address: str):
+        import torch.distributed as dist
+
+        self.rank, self.world, self.dist = rank, world, dist
+        dist.init_process_group("gloo", init_method=address, rank=rank, world_size=world)
+
+    def sum_grads(self, params: list[torch.nn.Parameter], loss: torch.Tensor) -> torch.Tensor:
+        """Sum the ranks' gradients (in place) and losses (returned), in one all-reduce."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.flatten() for g in grads] + [loss.detach().float().reshape(1)])
+        self.dist.all_reduce(flat)
+        for p, g in zip(params, flat[:-1].split([g.numel() for g in grads]), strict=True):
+            p.grad = g.view_as(p).clone()
+        return flat[-1]
+
+    def close(self) -> None:
+        self.dist.destroy_process_group()
 
 
 class _Pools:
@@ -114,10 +154,10 @@ def _next_task(names: list[str], weights: dict[str, float], windows: dict[str, t
 
 def train(model, tokenizer, data: dict[str, list[Example]], weights: dict[str, float], cfg: SFTConfig, *,
           progress: bool = True, description: str = "train",
-          on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+          on_step: Callable[[int], None] | None = None, ring: Ring | None = None) -> dict[str, Any]:
     """Train `model` in place; `data` maps task name -> examples, `weights` the share of steps per task.
     `on_step(step)` is called after each optimizer step (e.g. to evaluate along the way); training stops
-    early when it returns True."""
+    early when it returns True (on every rank of a `ring` alike: their models are the same)."""
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -138,7 +178,9 @@ def train(model, tokenizer, data: dict[str, list[Example]], weights: dict[str, f
     tokens, t0 = 0, time.perf_counter()
     losses: dict[str, float] = {}
     bar = None
-    if progress:
+    rank, world = (ring.rank, ring.world) if ring is not None else (0, 1)
+    params = list(model.parameters())
+    if progress and rank == 0:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -149,13 +191,20 @@ def train(model, tokenizer, data: dict[str, list[Example]], weights: dict[str, f
         for step in range(cfg.steps):
             name = _next_task(names, weights, windows, phase, step, cfg.steps)
             done[name] += 1
-            batch = collate(pools[name].next(), pad)
+            rows = pools[name].next()
+            batch = collate(rows, pad)
             for g in opt.param_groups:
                 g["lr"] = warmup_cosine(step, warmup=cfg.warmup, total=cfg.steps, min_ratio=cfg.min_lr_ratio,
                                         lr=cfg.lr)
-            loss_t = step_loss(model, batch, (cfg.prompt_loss or {}).get(name, 0.0),
-                               (cfg.prompt_loss_only or {}).get(name))
-            loss_t.backward()
+            weight, only = (cfg.prompt_loss or {}).get(name, 0.0), (cfg.prompt_loss_only or {}).get(name)
+            if ring is None:
+                loss_t = step_loss(model, batch, weight, only)
+                loss_t.backward()
+            else:  # this rank's rows, its share of the whole batch's means; the gradients summed
+                counts = tuple(int(m.sum()) for m in loss_masks(batch, only))
+                loss_t = step_loss(model, collate(rows[rank::world], pad), weight, only, counts)
+                loss_t.backward()
+                loss_t = ring.sum_grads(params, loss_t)
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()

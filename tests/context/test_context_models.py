@@ -63,3 +63,25 @@ def test_the_classifier_fits_at_any_step_count():
     for steps in (1, 2, 10):
         model = fit(rows, vocab_size=16, pad=0, hidden=32, layers=1, steps=steps, batch_size=2, max_len=16)
         assert model.config.num_labels == 2
+
+
+def test_query_free_labels_keep_what_any_query_turns_on(toy_tok):
+    """Two queries of one text, each moved by a different word: alone, each labels the other word
+    "drop"; the text's query-free labels keep both. The query rows keep their own pair's labels."""
+    from slimkit.compress.context.train import jobs_pairs, make_rows, pair_labels, text_labels
+
+    text = "title: nurse\nplace: Oslo\nfree fruit"            # words: title: nurse place: Oslo free fruit
+    pairs = [("title: nurse\nplace: Rome", text), ("title: chef\nplace: Oslo", text), ("q", "free fruit")]
+    moves = [[0.1, 0.2, 0.1, 4.0, 0.0, 0.1], [0.0, 3.0, 0.1, 0.3, 0.1, 0.0], [0.5, 1.0]]
+    assert pair_labels(moves)[0][1] == 0.05 and pair_labels(moves)[1][3] == 0.1
+    per_text = text_labels(pairs, moves)
+    assert per_text[text] == [0.025, 0.75, 0.025, 1.0, 0.025, 0.025] and per_text["free fruit"] == [0.5, 1.0]
+    groups = make_rows(toy_tok, pairs, moves, sep=toy_tok.eos_token_id, max_len=64)
+    assert [len(g) for g in groups] == [3, 2]                      # the text alone, then after each query
+    alone, after_first = groups[0][0], groups[0][1]
+    assert set(alone[1]) == {1} and max(alone[2]) == 1.0 and -1.0 not in alone[2]
+    assert after_first[1][0] == 0 and after_first[2][0] == -1.0    # the query's tokens are not trained
+    # the toy's labelling set: each posting with its own query and its match / title / place near-misses
+    pairs = jobs_pairs(3)
+    texts = list(dict.fromkeys(t for _, t in pairs))
+    assert len(texts) == 3 and all(3 <= sum(t == u for _, u in pairs) <= 4 for t in texts)

@@ -36,9 +36,16 @@ def test_toy_names_resolve_to_the_shipped_world():
 
 
 def test_tiny_toy_build_end_to_end(tmp_path, capsys):
+    """A tiny build over two data-parallel processes; its teacher equals one trained in one process up
+    to float rounding (same batches, same update)."""
+    from slimkit.toy.build import _fit, training_data
+
     root = tmp_path / "toy"
-    record = build(root, scale=0.01, eval_n={"arith": 6, "jobs": 8}, console=Console(quiet=True))
-    assert toy.is_built(root)
+    record = build(root, scale=0.01, workers=2, eval_n={"arith": 6, "jobs": 8}, console=Console(quiet=True))
+    assert toy.is_built(root) and record["workers"] == 2 and record["threads"] == 1
+    alone = _fit("teacher", 0, 0.01, {"arith": 6, "jobs": 8}, training_data(), toy.toy_tokenizer())[0].state_dict()
+    built = artifacts.load(root / "teacher")[0].state_dict()
+    assert max(float((alone[k] - built[k]).abs().max()) for k in alone) < 1e-4
     assert json.loads((root / "toy.json").read_text())["models"].keys() == {"teacher", "student"}
     assert record["models"]["teacher"]["params"] > record["models"]["student"]["params"]
     for name in ("teacher", "student"):

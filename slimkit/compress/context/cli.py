@@ -74,8 +74,10 @@ def compress_cmd(
 def train_cmd(
     out: str = typer.Option(..., "--out", "-o", help="model directory to write"),
     teacher: str = typer.Option("toy:teacher", help="the model whose judgement labels the words"),
-    n: int = typer.Option(200, min=2, help="jobs train pairs to label (with --data: the file's)"),
-    data: str = typer.Option(None, help="JSONL of {\"query\", \"text\"} pairs instead of the jobs task"),
+    n: int = typer.Option(200, min=2, help="jobs train postings to label, each with its own query and the queries "
+                          "that match it, differ in its title, differ in its place (with --data: the file's pairs)"),
+    data: str = typer.Option(None, help="JSONL of {\"query\", \"text\"} pairs instead of the jobs task; rows "
+                             "that share a text label it together (give each item a positive and hard negatives)"),
     steps: int = typer.Option(400, min=1, help="training steps"),
     hidden: int = typer.Option(64, min=8, help="encoder width"),
     layers: int = typer.Option(2, min=1, help="encoder layers"),

@@ -1,12 +1,15 @@
 """The keep/drop token classifier (LLMLingua-2 style), distilled from a teacher's judgement.
 
 Stages, in call order:
-1. `teacher_labels`: for each (query, text) pair, the teacher's score (logit of the first label minus
-   the second's, after the scoring template) with each word left out in turn; a word's label is how
-   far its removal moves the score, over the most any word of the text moves it (in [0, 1]: the words
-   whose removal moves the score least are the ones to drop first).
-2. `make_rows`: token ids and token labels (a token takes the highest label of the words it overlaps),
-   each pair once with the query before the text and once without, so that one model serves both modes.
+1. `teacher_moves`: for each (query, text) pair, the teacher's score (logit of the first label minus
+   the second's, after the scoring template) with each word left out in turn, and how far each
+   removal moves it. A pair's labels (`pair_labels`) are its moves over its largest; a text's
+   query-free labels (`text_labels`) take each word's largest move under any of the text's queries,
+   so what some query turns on is kept (in [0, 1]: the words whose removal moves the score least are
+   the ones to drop first).
+2. `make_rows`: token ids and token labels (a token takes the highest label of the words it overlaps):
+   each text once alone with its query-free labels, and once after each of its queries with that
+   pair's labels, so that one model serves both modes.
 3. `fit`: a tiny bidirectional encoder (BERT, a few hundred thousand parameters) with a keep/drop token
    classification head, trained with cross-entropy against the soft labels (P(keep) = label).
 4. `train_classifier`: the whole command; writes an ordinary model directory (config, safetensors,
@@ -26,10 +29,11 @@ from slimkit.compress.context.words import ContextError, join, split_words
 STAGE = "context-compressor"
 
 
-def teacher_labels(model, tokenizer, pairs: Sequence[tuple[str, str]], *, template: str,
-                   labels: Sequence[str] = ("yes", "no"), batch_size: int = 64,
-                   on_progress: Callable[[int], None] | None = None) -> list[list[float]]:
-    """Per word of each pair's text: its keep label in [0, 1], from leave-one-word-out teacher scores."""
+def teacher_moves(model, tokenizer, pairs: Sequence[tuple[str, str]], *, template: str,
+                  labels: Sequence[str] = ("yes", "no"), batch_size: int = 64,
+                  on_progress: Callable[[int], None] | None = None) -> list[list[float]]:
+    """Per word of each pair's text: how far leaving it out moves the teacher's score (|change| of the
+    logit of the first label minus the second's, after the scoring template)."""
     from slimkit.tasks import format_prompt
     from slimkit.tasks.eval import label_token_ids
     from slimkit.tasks.generate import next_token_logprobs
@@ -42,32 +46,62 @@ def teacher_labels(model, tokenizer, pairs: Sequence[tuple[str, str]], *, templa
         prompts = [format_prompt(tokenizer, template.format(query=query, item=v)) for v in variants]
         lp = next_token_logprobs(model, tokenizer, prompts, ids, batch_size=batch_size)
         score = (lp[:, 0] - lp[:, 1]).tolist()
-        moved = [abs(score[0] - s) for s in score[1:]]
-        top = max(moved) or 1.0
-        out.append([round(m / top, 4) for m in moved])
+        out.append([abs(score[0] - s) for s in score[1:]])
         if on_progress is not None:
             on_progress(1)
     return out
 
 
-def make_rows(tokenizer, pairs: Sequence[tuple[str, str]], word_labels: Sequence[Sequence[float]], *,
-              sep: int, max_len: int) -> list[tuple[list[int], list[int], list[float]]]:
-    """(input ids, token type ids, token labels with -1 where not trained) per pair, with and without
-    the query."""
-    rows = []
-    for (query, text), labels in zip(pairs, word_labels, strict=True):
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        spans = split_words(text)
-        # A token takes the highest label of the words it overlaps (to_words in reverse: words -> tokens).
-        tok_labels = [to_words([o], spans, labels)[0] for o in enc["offset_mapping"]]
-        ids = enc["input_ids"][:max_len]
-        tok_labels = tok_labels[:max_len]
-        rows.append((ids, [1] * len(ids), tok_labels))
+def pair_labels(moves: Sequence[Sequence[float]]) -> list[list[float]]:
+    """Each pair's keep labels in [0, 1]: a word's move over the most any word of that pair moves."""
+    return [[round(m / (max(ms) or 1.0), 4) for m in ms] for ms in moves]
+
+
+def text_labels(pairs: Sequence[tuple[str, str]], moves: Sequence[Sequence[float]]) -> dict[str, list[float]]:
+    """Each distinct text's query-free keep labels: the most a word's removal moves the score under any
+    query paired with that text, over the most any word moves under any of them. A compressor that
+    does not see the query must keep what any query may turn on: on a pair that differs from the text
+    in one field, only that field moves the score, so each query alone under-labels the others."""
+    best: dict[str, list[float]] = {}
+    for (_, text), ms in zip(pairs, moves, strict=True):
+        best[text] = [max(a, b) for a, b in zip(best[text], ms, strict=True)] if text in best else list(ms)
+    return {t: [round(m / (max(ms) or 1.0), 4) for m in ms] for t, ms in best.items()}
+
+
+def teacher_labels(model, tokenizer, pairs: Sequence[tuple[str, str]], **kwargs) -> list[list[float]]:
+    """Per word of each pair's text: its keep label in [0, 1], from leave-one-word-out teacher scores."""
+    return pair_labels(teacher_moves(model, tokenizer, pairs, **kwargs))
+
+
+def _token_labels(tokenizer, text: str, labels: Sequence[float], max_len: int) -> tuple[list[int], list[float]]:
+    """The text's token ids and token labels (a token takes the highest label of the words it overlaps)."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    spans = split_words(text)
+    return enc["input_ids"][:max_len], [to_words([o], spans, labels)[0] for o in enc["offset_mapping"]][:max_len]
+
+
+def make_rows(tokenizer, pairs: Sequence[tuple[str, str]], moves: Sequence[Sequence[float]], *,
+              sep: int, max_len: int) -> list[list[tuple[list[int], list[int], list[float]]]]:
+    """Per distinct text (in order of first appearance), its rows of (input ids, token type ids, token
+    labels with -1 where not trained): the text alone with its query-free labels (`text_labels`), then
+    the text after each of its pairs' queries with that pair's labels, so that one model serves both
+    modes."""
+    per_text = text_labels(pairs, moves)
+    groups: dict[str, list] = {}
+    for (query, text), labels in zip(pairs, pair_labels(moves), strict=True):
+        if text not in groups:
+            groups[text] = [(*_one_type(_token_labels(tokenizer, text, per_text[text], max_len)),)]
+        ids, tok_labels = _token_labels(tokenizer, text, labels, max_len)
         prefix = (tokenizer.encode(query, add_special_tokens=False) + [sep])[: max_len // 2]
         room = max_len - len(prefix)
-        rows.append((prefix + ids[:room], [0] * len(prefix) + [1] * len(ids[:room]),
-                     [-1.0] * len(prefix) + tok_labels[:room]))
-    return rows
+        groups[text].append((prefix + ids[:room], [0] * len(prefix) + [1] * len(ids[:room]),
+                             [-1.0] * len(prefix) + tok_labels[:room]))
+    return list(groups.values())
+
+
+def _one_type(encoded: tuple[list[int], list[float]]) -> tuple[list[int], list[int], list[float]]:
+    ids, labels = encoded
+    return ids, [1] * len(ids), labels
 
 
 def _batch(rows, pad: int):
@@ -162,10 +196,25 @@ def read_pairs(data: str | Path) -> list[tuple[str, str]]:
 
 
 def jobs_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
-    """(query, posting) pairs of the jobs task's train split (all layouts)."""
+    """(query, posting) pairs of `n` postings of the jobs task's train split (all layouts): each
+    posting with its own query and with the three queries that match it, differ in its title only and
+    differ in its place only (a catalog's labelling set: each item with a positive and hard negatives)."""
     from slimkit.tasks import get_task
+    from slimkit.tasks.jobs import PLACES, TITLES, make_query
 
-    return [(ex.meta["query"], ex.meta["posting"]) for ex in get_task("jobs").split("train", n)]
+    rng = random.Random(seed)
+    pairs = []
+    for ex in get_task("jobs").split("train", n):
+        title, place, text = ex.meta["posting_title"], ex.meta["posting_place"], ex.meta["posting"]
+        queries = [ex.meta["query"]]
+        for q_title, q_place in ((title, place),
+                                 (rng.choice([t for t in sorted(TITLES) if t != title]), place),
+                                 (title, rng.choice([p for p in PLACES if p != place]))):
+            query = make_query(q_title, q_place, rng.sample(TITLES[q_title], 2))
+            if query not in queries:
+                queries.append(query)
+        pairs += [(q, text) for q in queries]
+    return pairs
 
 
 def progress_bar(enabled: bool):
@@ -204,19 +253,28 @@ def train_classifier(teacher: str, out: str | Path, *, n: int = 200, data: str |
     sep = tok.eos_token_id if tok.eos_token_id is not None else tok.pad_token_id
     bar, ticker = progress_bar(progress)
     with bar:
-        labels = teacher_labels(model, tok, pairs, template=template or TEMPLATE, on_progress=ticker("teacher labels", len(pairs)))
-        rows = make_rows(tok, pairs, labels, sep=sep, max_len=512)
-        held = max(2, len(rows) // 10) // 2 * 2            # whole pairs (two rows each) held out
-        classifier = fit(rows[held:], vocab_size=len(tok), pad=tok.pad_token_id, hidden=hidden, layers=layers,
+        moves = teacher_moves(model, tok, pairs, template=template or TEMPLATE,
+                              on_progress=ticker("teacher labels", len(pairs)))
+        groups = make_rows(tok, pairs, moves, sep=sep, max_len=512)
+        if len(groups) < 2:
+            raise ContextError("need at least 2 distinct texts (one is held out to check the classifier)")
+        held = max(1, len(groups) // 10)                   # whole texts (all their rows) held out
+        train_rows = [r for g in groups[held:] for r in g]
+        held_rows = [r for g in groups[:held] for r in g]
+        classifier = fit(train_rows, vocab_size=len(tok), pad=tok.pad_token_id, hidden=hidden, layers=layers,
                          steps=steps, seed=seed, on_progress=ticker("fit classifier", steps))
-    metrics = {"heldout_token_accuracy": accuracy(classifier, rows[:held], tok.pad_token_id),
-               "heldout_keep_rate": sum(y >= 0.5 for r in rows[:held] for y in r[2]) /
-               max(1, sum(y >= 0 for r in rows[:held] for y in r[2])),
-               "pairs": len(pairs), "params": sum(p.numel() for p in classifier.parameters())}
-    recipe = {"teacher": str(teacher), "n": len(pairs), "data": data, "steps": steps, "hidden": hidden, "layers": layers, "seed": seed}
-    # The teacher's labels go with the model (labels.jsonl: each pair's words and their labels).
-    record = "".join(json.dumps({"query": q, "words": [t[a:b] for a, b in split_words(t)], "labels": y}) + "\n"
-                     for (q, t), y in zip(pairs, labels, strict=True))
+    metrics = {"heldout_token_accuracy": accuracy(classifier, held_rows, tok.pad_token_id),
+               "heldout_keep_rate": sum(y >= 0.5 for r in held_rows for y in r[2]) /
+               max(1, sum(y >= 0 for r in held_rows for y in r[2])),
+               "pairs": len(pairs), "texts": len(groups), "params": sum(p.numel() for p in classifier.parameters())}
+    recipe = {"teacher": str(teacher), "n": n if data is None else len(pairs), "data": data, "steps": steps,
+              "hidden": hidden, "layers": layers, "seed": seed}
+    # The teacher's labels go with the model (labels.jsonl: each pair's words, its labels, and the
+    # text's query-free labels).
+    per_text = text_labels(pairs, moves)
+    record = "".join(json.dumps({"query": q, "words": [t[a:b] for a, b in split_words(t)], "labels": y,
+                                 "text_labels": per_text[t]}) + "\n"
+                     for (q, t), y in zip(pairs, pair_labels(moves), strict=True))
     artifacts.save(classifier, tok, out, stage=STAGE, parent=teacher, recipe=recipe, metrics=metrics,
                    extra_files={"labels.jsonl": record}, overwrite=overwrite)
     return metrics
