@@ -75,10 +75,11 @@ test: setup envs
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# The whole path on the shipped toy world (no world training): `slimkit pipeline recipes/toy.yaml`
+# The shipped toy world's figures (`slimkit toy report`, no training), then the whole path on it: `slimkit pipeline recipes/toy.yaml`
 # distills, prunes, recovers, quantizes (onnx-int8, in .venv-onnx), compresses the scorer's context,
 # serves the result over gRPC and prints the report (runs/demo/report.md). A rerun skips what is done.
 demo: setup $(ONNX_ENV)/.installed
+	$(BIN)/slimkit toy report
 	$(BIN)/slimkit pipeline recipes/toy.yaml --out runs/demo
 
 lint: setup
