@@ -23,6 +23,9 @@ postings long enough for a whole token count to lie within 5% (postings are ~35 
 speed: compressor items/s (in process), and scoring items/s of a gRPC server in this process, full
 postings (original teacher) vs compressing each request's items (`--compress-items`, compressor
 included; served by the adapted teacher when given), one query x 32 postings per request.
+`--scorer-shape HIDDEN,LAYERS,MLP` adds scoring rows for a randomly initialised Qwen3 of that shape
+(toy tokenizer; its scores mean nothing, its cost is a real scorer's): the toy teacher (1.2M
+parameters) costs about what the compressor does per posting, a real scorer many times more.
 """
 
 from __future__ import annotations
@@ -147,10 +150,17 @@ def speed_part(args, tok) -> tuple[list[dict], list[dict]]:
             print(comp_rows[-1], flush=True)
     # One query x 32 postings per request, as a search engine re-ranks candidates.
     requests = [(exs[i].meta["query"], postings[i:i + 32]) for i in range(0, len(postings) - 31, 32)]
-    engine = TorchEngine(args.teacher, max_batch=64)
-    served = TorchEngine(args.adapted, max_batch=64) if args.adapted else engine   # what serves compressed items
+    if args.scorer_shape:
+        scorer = random_scorer(args.scorer_shape)
+        engine = served = TorchEngine(scorer, max_batch=64)
+        settings = [("classifier", False, 0.25), ("classifier", False, 0.1)]
+        requests = requests[:args.scorer_requests]
+    else:
+        scorer = "toy:teacher"
+        engine = TorchEngine(args.teacher, max_batch=64)
+        served = TorchEngine(args.adapted, max_batch=64) if args.adapted else engine   # serves compressed items
+        settings = [(name, False, rate) for name in comps for rate in RATES] + [("classifier", True, 0.25)]
     servers = {("full", False, 1.0): make_server(engine, "127.0.0.1:0")}
-    settings = [(name, False, rate) for name in comps for rate in RATES] + [("classifier", True, 0.25)]
     for name, query, rate in settings:
         servers[(name, query, rate)] = make_server(served, "127.0.0.1:0",
                                                    compression=ItemCompression(comps[name], rate, with_query=query))
@@ -170,11 +180,24 @@ def speed_part(args, tok) -> tuple[list[dict], list[dict]]:
     score_rows = []
     for (name, query, rate), ts in times.items():
         med = statistics.median(ts)
-        score_rows.append({"method": name, "query": query, "rate": rate, "items_per_s": round(n_items / med, 1),
+        score_rows.append({"scorer": model_name(scorer), "method": name, "query": query, "rate": rate, "items_per_s": round(n_items / med, 1),
                            "speedup_vs_full": round(base / med, 3),
                            "tokens_saved_per_item": round(saved[(name, query, rate)] / n_items, 2)})
         print(score_rows[-1], flush=True)
     return comp_rows, score_rows
+
+
+def random_scorer(shape: str) -> str:
+    """A randomly initialised Qwen3 of shape "HIDDEN,LAYERS,MLP" (head_dim 64, 2 KV heads) in a temp dir."""
+    import tempfile
+
+    from slimkit.toy import make_tiny_model_dir
+
+    hidden, layers, mlp = (int(x) for x in shape.split(","))
+    path = Path(tempfile.mkdtemp()) / f"random-qwen3-h{hidden}-l{layers}-mlp{mlp}"
+    make_tiny_model_dir(path, hidden=hidden, layers=layers, heads=hidden // 64, kv_heads=2, head_dim=64,
+                        intermediate=mlp)
+    return str(path)
 
 
 def plot(rows: list[dict]):
@@ -222,6 +245,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200, help="postings per layout")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--scorer-shape", help="speed: score with a random Qwen3 of shape HIDDEN,LAYERS,MLP instead")
+    ap.add_argument("--scorer-requests", type=int, default=6, help="speed, with --scorer-shape: requests per pass")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     import torch
@@ -251,8 +276,8 @@ def main() -> None:
         comp_rows, score_rows = [[{**r, "run": run} for r in rows] for rows in speed_part(args, tok)]
         save("context", "compressor speed", comp_rows, key=("method", "query", "rate"), settings=settings,
              about="Compressor items/s in process (toy postings, rate 0.25, batch of all postings).", out=args.out)
-        save("context", "scoring speed", score_rows, key=("method", "query", "rate"), settings=settings,
-             about="Scoring items/s of the teacher behind a gRPC server in this process (1 query x 32 postings "
+        save("context", "scoring speed", score_rows, key=("scorer", "method", "query", "rate"), settings=settings,
+             about="Scoring items/s of the scorer (`scorer`: the toy teacher, or a random model of a larger shape, `--scorer-shape`) behind a gRPC server in this process (1 query x 32 postings "
                    "per request, --compress-items RATE with each compressor, `query`: --compress-with-query; "
                    "compressor included), "
                    "median of interleaved repeats; speedup against full postings in the same process.",
