@@ -85,3 +85,30 @@ def test_query_free_labels_keep_what_any_query_turns_on(toy_tok):
     pairs = jobs_pairs(3)
     texts = list(dict.fromkeys(t for _, t in pairs))
     assert len(texts) == 3 and all(3 <= sum(t == u for _, u in pairs) <= 4 for t in texts)
+
+
+def test_elimination_labels_keep_every_word_of_a_multi_word_field_to_the_end():
+    """Backward elimination under the shipped teacher: the last words standing are the posting's
+    title (all its words) and place, and their labels sit far above the filler's (leave-one-out labels
+    a word of a multi-word title about 0.1, where leaving it out barely moves the score); labels are
+    ranks, the last survivor 1."""
+    from slimkit import artifacts
+    from slimkit.compress.context.train import elimination_labels, jobs_pairs
+    from slimkit.compress.context.words import split_words
+    from slimkit.tasks import get_task
+    from slimkit.tasks.jobs import TEMPLATE
+
+    model, tok = artifacts.load("toy:teacher")
+    posts = {ex.meta["posting"]: ex for ex in get_task("jobs").split("train", 40)
+             if len(ex.meta["posting_title"].split()) > 1}
+    pairs = [(q, t) for q, t in jobs_pairs(40) if t in posts][:12]
+    labels = elimination_labels(model, tok, pairs, template=TEMPLATE)
+    assert len(labels) >= 3
+    for text, y in labels.items():
+        ex = posts[text]
+        words = [text[a:b].strip(".,") for a, b in split_words(text)]
+        assert sorted(y) == [round(r / (len(y) - 1), 4) for r in range(len(y))]
+        fields = ex.meta["posting_title"].split() + [ex.meta["posting_place"]]
+        top = {words[i] for i in sorted(range(len(y)), key=lambda i: -y[i])[:len(fields)]}
+        assert top == set(fields), (ex.meta["layout"], top, fields)
+        assert min(y[i] for i, w in enumerate(words) if w in fields) >= 0.75

@@ -82,9 +82,12 @@ def train_cmd(
     hidden: int = typer.Option(64, min=8, help="encoder width"),
     layers: int = typer.Option(2, min=1, help="encoder layers"),
     seed: int = typer.Option(0),
+    labels: str = typer.Option("elimination", help="query-free labels: elimination (words ranked by how long "
+                               "they survive backward elimination under the teacher) or leave-one-out (how far "
+                               "leaving each word out moves the teacher's score)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier classifier at --out"),
 ) -> None:
-    """Train the keep/drop token classifier from a teacher's leave-one-word-out scores.
+    """Train the keep/drop token classifier from a teacher's scores with words left out.
 
     Examples:
 
@@ -97,7 +100,8 @@ def train_cmd(
     from slimkit.compress.context.train import train_classifier
 
     metrics = train_classifier(teacher, out, n=n, data=data, steps=steps,
-                               hidden=hidden, layers=layers, seed=seed, overwrite=overwrite)
+                               hidden=hidden, layers=layers, seed=seed, labels=labels,
+                               overwrite=overwrite)
     Console(stderr=True).print(f"classifier saved to {out}: {metrics}")
 
 

@@ -7,6 +7,12 @@ Stages, in call order:
    query-free labels (`text_labels`) take each word's largest move under any of the text's queries,
    so what some query turns on is kept (in [0, 1]: the words whose removal moves the score least are
    the ones to drop first).
+   `elimination_labels` (the default for the query-free labels) ranks words instead by backward
+   elimination: drop the words whose removal moves the score least under every query of the text, a
+   quarter at a time, re-measure on what is left, and label each word by how long it survives. Leaving
+   one word out of a multi-word field ("machine learning engineer") barely moves the score while its
+   neighbours still name the field, so leave-one-out labels such words low; on a text already cut to
+   its fields, removing one of them moves it, so they survive to the end.
 2. `make_rows`: token ids and token labels (a token takes the highest label of the words it overlaps):
    each text once alone with its query-free labels, and once after each of its queries with that
    pair's labels, so that one model serves both modes.
@@ -27,6 +33,7 @@ from slimkit.compress.context.scorers import to_words
 from slimkit.compress.context.words import ContextError, join, split_words
 
 STAGE = "context-compressor"
+LABELS = ("elimination", "leave-one-out")          # how the query-free labels are made
 
 
 def teacher_moves(model, tokenizer, pairs: Sequence[tuple[str, str]], *, template: str,
@@ -68,6 +75,45 @@ def text_labels(pairs: Sequence[tuple[str, str]], moves: Sequence[Sequence[float
     return {t: [round(m / (max(ms) or 1.0), 4) for m in ms] for t, ms in best.items()}
 
 
+def elimination_labels(model, tokenizer, pairs: Sequence[tuple[str, str]], *, template: str,
+                       labels: Sequence[str] = ("yes", "no"), drop: float = 0.25, batch_size: int = 64,
+                       on_progress: Callable[[int], None] | None = None) -> dict[str, list[float]]:
+    """Each distinct text's query-free keep labels by backward elimination (module docstring): each
+    round leaves every remaining word out in turn under each of the text's queries, and removes the
+    `drop` share (at least one) whose largest move is smallest; a word's label is its place in the
+    removal order over the text's words (the first removed 0, the last survivor 1)."""
+    from slimkit.tasks import format_prompt
+    from slimkit.tasks.eval import label_token_ids
+    from slimkit.tasks.generate import next_token_logprobs
+
+    if not 0.0 < drop < 1.0:
+        raise ContextError(f"drop must be in (0, 1), got {drop}")
+    ids = label_token_ids(tokenizer, labels)
+    queries: dict[str, list[str]] = {}
+    for query, text in pairs:
+        queries.setdefault(text, []).append(query)
+    out = {}
+    for text, qs in queries.items():
+        spans = split_words(text)
+        alive, removed = list(range(len(spans))), []
+        while len(alive) > 1:
+            variants = [join(text, spans, alive)] + [join(text, spans, [j for j in alive if j != i]) for i in alive]
+            prompts = [format_prompt(tokenizer, template.format(query=q, item=v)) for q in qs for v in variants]
+            lp = next_token_logprobs(model, tokenizer, prompts, ids, batch_size=batch_size)
+            score = (lp[:, 0] - lp[:, 1]).view(len(qs), len(variants))
+            move = (score[:, 1:] - score[:, :1]).abs().amax(dim=0).tolist()
+            gone = sorted(range(len(alive)), key=lambda k: (move[k], -k))[:max(1, int(drop * len(alive)))]
+            gone_set = set(gone)
+            removed += [alive[k] for k in gone]
+            alive = [w for k, w in enumerate(alive) if k not in gone_set]
+        removed += alive
+        rank = {w: r for r, w in enumerate(removed)}
+        out[text] = [round(rank[w] / max(1, len(spans) - 1), 4) for w in range(len(spans))]
+        if on_progress is not None:
+            on_progress(len(qs))
+    return out
+
+
 def teacher_labels(model, tokenizer, pairs: Sequence[tuple[str, str]], **kwargs) -> list[list[float]]:
     """Per word of each pair's text: its keep label in [0, 1], from leave-one-word-out teacher scores."""
     return pair_labels(teacher_moves(model, tokenizer, pairs, **kwargs))
@@ -81,12 +127,12 @@ def _token_labels(tokenizer, text: str, labels: Sequence[float], max_len: int) -
 
 
 def make_rows(tokenizer, pairs: Sequence[tuple[str, str]], moves: Sequence[Sequence[float]], *,
-              sep: int, max_len: int) -> list[list[tuple[list[int], list[int], list[float]]]]:
+              sep: int, max_len: int, per_text: dict[str, list[float]] | None = None) -> list[list[tuple[list[int], list[int], list[float]]]]:
     """Per distinct text (in order of first appearance), its rows of (input ids, token type ids, token
     labels with -1 where not trained): the text alone with its query-free labels (`text_labels`), then
     the text after each of its pairs' queries with that pair's labels, so that one model serves both
-    modes."""
-    per_text = text_labels(pairs, moves)
+    modes. `per_text`: query-free labels from elsewhere (`elimination_labels`)."""
+    per_text = per_text if per_text is not None else text_labels(pairs, moves)
     groups: dict[str, list] = {}
     for (query, text), labels in zip(pairs, pair_labels(moves), strict=True):
         if text not in groups:
@@ -237,9 +283,11 @@ def progress_bar(enabled: bool):
 
 
 def train_classifier(teacher: str, out: str | Path, *, n: int = 200, data: str | None = None, steps: int = 400, hidden: int = 64, layers: int = 2,
-                     template: str | None = None, seed: int = 0, overwrite: bool = False,
+                     template: str | None = None, seed: int = 0, labels: str = "elimination", overwrite: bool = False,
                      progress: bool = True) -> dict[str, Any]:
-    """`slimkit compress-context train`: label with `teacher`, fit the classifier, write `out`."""
+    """`slimkit compress-context train`: label with `teacher`, fit the classifier, write `out`.
+    `labels`: how the query-free labels are made, "elimination" (`elimination_labels`) or
+    "leave-one-out" (`text_labels`)."""
     import json
 
     from slimkit import artifacts
@@ -247,6 +295,8 @@ def train_classifier(teacher: str, out: str | Path, *, n: int = 200, data: str |
 
     if n < 2 or steps < 1:
         raise ContextError("need n >= 2 pairs and steps >= 1")
+    if labels not in LABELS:
+        raise ContextError(f"unknown labels {labels!r}; choose one of {', '.join(LABELS)}")
     artifacts.check_target(out, overwrite=overwrite)
     pairs = read_pairs(data) if data else jobs_pairs(n, seed)
     model, tok = artifacts.load(teacher)
@@ -255,7 +305,10 @@ def train_classifier(teacher: str, out: str | Path, *, n: int = 200, data: str |
     with bar:
         moves = teacher_moves(model, tok, pairs, template=template or TEMPLATE,
                               on_progress=ticker("teacher labels", len(pairs)))
-        groups = make_rows(tok, pairs, moves, sep=sep, max_len=512)
+        per_text = (elimination_labels(model, tok, pairs, template=template or TEMPLATE,
+                                       on_progress=ticker("teacher labels (elimination)", len(pairs)))
+                    if labels == "elimination" else text_labels(pairs, moves))
+        groups = make_rows(tok, pairs, moves, sep=sep, max_len=512, per_text=per_text)
         if len(groups) < 2:
             raise ContextError("need at least 2 distinct texts (one is held out to check the classifier)")
         held = max(1, len(groups) // 10)                   # whole texts (all their rows) held out
@@ -268,10 +321,9 @@ def train_classifier(teacher: str, out: str | Path, *, n: int = 200, data: str |
                max(1, sum(y >= 0 for r in held_rows for y in r[2])),
                "pairs": len(pairs), "texts": len(groups), "params": sum(p.numel() for p in classifier.parameters())}
     recipe = {"teacher": str(teacher), "n": n if data is None else len(pairs), "data": data, "steps": steps,
-              "hidden": hidden, "layers": layers, "seed": seed}
+              "hidden": hidden, "layers": layers, "seed": seed, "labels": labels}
     # The teacher's labels go with the model (labels.jsonl: each pair's words, its labels, and the
     # text's query-free labels).
-    per_text = text_labels(pairs, moves)
     record = "".join(json.dumps({"query": q, "words": [t[a:b] for a, b in split_words(t)], "labels": y,
                                  "text_labels": per_text[t]}) + "\n"
                      for (q, t), y in zip(pairs, pair_labels(moves), strict=True))
