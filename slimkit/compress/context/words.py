@@ -1,7 +1,9 @@
 """Whole words, protected spans and rate control: which words of a text to keep for a token budget.
 
-A word is a maximal run of non-whitespace characters; compression keeps or drops whole words, so the
-output never holds half a word. Kept words are joined with the original whitespace where they were
+A word is a maximal run of non-whitespace characters, except that its trailing punctuation (`.,;:!?`
+after at least one other character) is a unit of its own, so that "Rome." can be kept as "Rome" when
+the budget has no room for the period; compression keeps or drops whole units, so the output never
+holds half a word. Kept words are joined with the original whitespace where they were
 neighbours, else with a newline where the dropped stretch held one (line structure survives), else
 with a space. The budget is counted in tokens of the compressor's tokenizer on the output text itself,
 so BPE merges across kept words are accounted for, not estimated.
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from slimkit.errors import SlimkitError
 
 _WORD = re.compile(r"\S+")
+_TRAIL = re.compile(r"[.,;:!?]+$")
 _DIGIT = re.compile(r"\d")
 _PUNCT = ".,;:!?()[]{}\"'`"
 # Query words that say nothing about relevance; they are not protected as "the query's own terms".
@@ -52,8 +55,17 @@ def as_text(value, what: str = "input") -> str:
 
 
 def split_words(text: str) -> list[tuple[int, int]]:
-    """(start, end) character spans of the words of `text`."""
-    return [m.span() for m in _WORD.finditer(text)]
+    """(start, end) character spans of the units of `text`: its words, and each word's trailing
+    punctuation apart (module docstring)."""
+    out = []
+    for m in _WORD.finditer(text):
+        s, e = m.span()
+        t = _TRAIL.search(m.group())
+        if t is not None and t.start() > 0:
+            out += [(s, s + t.start()), (s + t.start(), e)]
+        else:
+            out.append((s, e))
+    return out
 
 
 def normalize(word: str) -> str:
