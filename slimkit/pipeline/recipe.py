@@ -115,6 +115,7 @@ class ContextTrain(StageConfig):
     hidden: int = Field(64, ge=8)
     layers: int = Field(2, ge=1)
     seed: int = 0
+    labels: Literal["elimination", "leave-one-out"] = "elimination"
 
 
 class ContextStage(StageConfig):

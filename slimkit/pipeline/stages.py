@@ -310,7 +310,8 @@ def run_context(run: Run, inp: Path, *, overwrite: bool) -> Path:
 
         t = s.train
         train_classifier(str(artifacts.resolve(t.teacher) if t.teacher else run.teacher), out, n=t.n, steps=t.steps,
-                         hidden=t.hidden, layers=t.layers, seed=t.seed, overwrite=overwrite)
+                         hidden=t.hidden, layers=t.layers, seed=t.seed, labels=t.labels,
+                         overwrite=overwrite)
         return out
     with artifacts.atomic_dir(out, overwrite=overwrite) as tmp:
         artifacts.write_manifest(tmp, stage="context", parent=inp, recipe={"compressor": s.compressor, "rate": s.rate})
