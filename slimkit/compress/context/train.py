@@ -69,19 +69,26 @@ def text_labels(pairs: Sequence[tuple[str, str]], moves: Sequence[Sequence[float
     query paired with that text, over the most any word moves under any of them. A compressor that
     does not see the query must keep what any query may turn on: on a pair that differs from the text
     in one field, only that field moves the score, so each query alone under-labels the others."""
+    return {t: [round(m / (max(ms) or 1.0), 4) for m in ms] for t, ms in text_labels_raw(pairs, moves).items()}
+
+
+def text_labels_raw(pairs: Sequence[tuple[str, str]], moves: Sequence[Sequence[float]]) -> dict[str, list[float]]:
+    """Each distinct text's largest move per word under any query paired with it."""
     best: dict[str, list[float]] = {}
     for (_, text), ms in zip(pairs, moves, strict=True):
         best[text] = [max(a, b) for a, b in zip(best[text], ms, strict=True)] if text in best else list(ms)
-    return {t: [round(m / (max(ms) or 1.0), 4) for m in ms] for t, ms in best.items()}
+    return best
 
 
 def elimination_labels(model, tokenizer, pairs: Sequence[tuple[str, str]], *, template: str,
                        labels: Sequence[str] = ("yes", "no"), drop: float = 0.25, batch_size: int = 64,
+                       moves: Sequence[Sequence[float]] | None = None,
                        on_progress: Callable[[int], None] | None = None) -> dict[str, list[float]]:
     """Each distinct text's query-free keep labels by backward elimination (module docstring): each
     round leaves every remaining word out in turn under each of the text's queries, and removes the
     `drop` share (at least one) whose largest move is smallest; a word's label is its place in the
-    removal order over the text's words (the first removed 0, the last survivor 1)."""
+    removal order over the text's words (the first removed 0, the last survivor 1). `moves`: the
+    pairs' `teacher_moves`, when already measured, are the first round's."""
     from slimkit.tasks import format_prompt
     from slimkit.tasks.eval import label_token_ids
     from slimkit.tasks.generate import next_token_logprobs
@@ -92,16 +99,20 @@ def elimination_labels(model, tokenizer, pairs: Sequence[tuple[str, str]], *, te
     queries: dict[str, list[str]] = {}
     for query, text in pairs:
         queries.setdefault(text, []).append(query)
+    first = text_labels_raw(pairs, moves) if moves is not None else {}
     out = {}
     for text, qs in queries.items():
         spans = split_words(text)
         alive, removed = list(range(len(spans))), []
         while len(alive) > 1:
-            variants = [join(text, spans, alive)] + [join(text, spans, [j for j in alive if j != i]) for i in alive]
-            prompts = [format_prompt(tokenizer, template.format(query=q, item=v)) for q in qs for v in variants]
-            lp = next_token_logprobs(model, tokenizer, prompts, ids, batch_size=batch_size)
-            score = (lp[:, 0] - lp[:, 1]).view(len(qs), len(variants))
-            move = (score[:, 1:] - score[:, :1]).abs().amax(dim=0).tolist()
+            if len(alive) == len(spans) and text in first:
+                move = first[text]
+            else:
+                variants = [join(text, spans, alive)] + [join(text, spans, [j for j in alive if j != i]) for i in alive]
+                prompts = [format_prompt(tokenizer, template.format(query=q, item=v)) for q in qs for v in variants]
+                lp = next_token_logprobs(model, tokenizer, prompts, ids, batch_size=batch_size)
+                score = (lp[:, 0] - lp[:, 1]).view(len(qs), len(variants))
+                move = (score[:, 1:] - score[:, :1]).abs().amax(dim=0).tolist()
             gone = sorted(range(len(alive)), key=lambda k: (move[k], -k))[:max(1, int(drop * len(alive)))]
             gone_set = set(gone)
             removed += [alive[k] for k in gone]
@@ -305,7 +316,7 @@ def train_classifier(teacher: str, out: str | Path, *, n: int = 200, data: str |
     with bar:
         moves = teacher_moves(model, tok, pairs, template=template or TEMPLATE,
                               on_progress=ticker("teacher labels", len(pairs)))
-        per_text = (elimination_labels(model, tok, pairs, template=template or TEMPLATE,
+        per_text = (elimination_labels(model, tok, pairs, template=template or TEMPLATE, moves=moves,
                                        on_progress=ticker("teacher labels (elimination)", len(pairs)))
                     if labels == "elimination" else text_labels(pairs, moves))
         groups = make_rows(tok, pairs, moves, sep=sep, max_len=512, per_text=per_text)
