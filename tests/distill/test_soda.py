@@ -105,6 +105,21 @@ def test_gradient_equals_dpo_on_full_logits(pair, tmp_path, mix, contrast):
         torch.testing.assert_close(g, d.student.get_parameter(k).grad, rtol=1e-3, atol=1e-6)
 
 
+def test_the_mix_term_reads_the_cached_top_k_teacher(pair, tmp_path):
+    """loss.teacher=topk: the forward-KL mix term reads the teacher cached once on its responses (no live
+    teacher forward in the step); with every id but one cached, the loss is the live teacher's."""
+    sums = []
+    for name, extra in (("live", ()), ("topk", ("loss.teacher=topk", "loss.topk=100000"))):
+        d = _distiller(pair, tmp_path / name, "soda.mix=forward", "soda.mix_weight=0.7", *extra)
+        assert (d.topk is None) == (name == "live")
+        part = d.soda.get(list(range(4)))
+        sums.append({k: 0.0 for k in ("tokens", "kept", "norm", "contrast_n", "sequences", "loss_sum", "dpo_sum",
+                                      "margin_sum", "reward_acc_n", "completion_tokens")})
+        d._micro_step(part, 0, sums[-1])
+    assert sums[1]["loss_sum"] == pytest.approx(sums[0]["loss_sum"], rel=1e-2)
+    assert sums[1]["dpo_sum"] == pytest.approx(sums[0]["dpo_sum"], rel=1e-6)
+
+
 def test_steps_start_at_ln2_and_widen_the_margin(pair, tmp_path):
     d = _distiller(pair, tmp_path / "r", "data.n=4", "train.steps=6", "optim.lr=1e-2")
     recs = [d.train_step() for _ in range(6)]
@@ -115,7 +130,7 @@ def test_steps_start_at_ln2_and_widen_the_margin(pair, tmp_path):
 
 @pytest.mark.parametrize("extra, message", [
     (("rollout.source=dataset",), "soda pairs the teacher's response"),
-    (("select.method=entropy_top",), "loss.teacher=live and select.method=all"),
+    (("select.method=entropy_top",), "soda trains on whole responses with a DPO loss: select.method=all"),
     (("soda.beta=0",), "soda.beta: Input should be greater than 0"),
     (("soda.mix=kl",), "soda.mix: Input should be 'none', 'forward' or 'sft'"),
 ])

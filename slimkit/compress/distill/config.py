@@ -333,8 +333,8 @@ class DistillConfig(StageConfig):
             raise ValueError("soda and truncation do not combine: choose one")
         if self.rollout.source != "teacher":
             raise ValueError("soda pairs the teacher's response (chosen) with the student's: use rollout.source=teacher")
-        if self.loss.teacher != "live" or self.select.method != "all":
-            raise ValueError("soda trains on whole responses with a DPO loss: loss.teacher=live and select.method=all")
+        if self.select.method != "all":
+            raise ValueError("soda trains on whole responses with a DPO loss: select.method=all")
         if self.soda.rejected == "wrong" and self.data.task is None:
             raise ValueError("soda.rejected=wrong needs the task's verifier: data.task, or soda.rejected=all")
 

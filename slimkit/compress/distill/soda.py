@@ -21,7 +21,8 @@ where the DPO terms are averaged over the step's pairs and the mix term over the
 as KD's loss is (so with beta -> 0 SODA's update is KD's on the same teacher responses; under DDP each
 rank's own token count stands in for the step's; `soda.mix`: none, forward or sft). Sequence log-probs
 go through `slimkit.kernels.linear_logprob` on the student's hidden states (no [tokens x vocab] logits), the
-forward KL through `linear_kl` with the live teacher. `train.prompts_per_step` and `train.micro_batch`
+forward KL through `linear_kl` with the live teacher, or with its top-k cached once on the teacher
+responses (`loss.teacher: topk`: no teacher forward in the step). `train.prompts_per_step` and `train.micro_batch`
 count pairs (a micro-batch runs up to 2 x micro_batch sequences). Step records add `dpo_loss`, `margin`
 (mean beta-scaled reward margin), `reward_acc` (share with a positive margin), both over the contrasted
 pairs, `contrast_frac` (their share of the step's pairs) and
