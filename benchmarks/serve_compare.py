@@ -46,6 +46,7 @@ import torch
 
 from slimkit.serve.prompt import PromptTemplate, ScoreJob
 from slimkit.serve.requests import make_job
+from slimkit.serve.torch_engine import MALLOC_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 EXACT = 1e-3              # fp32 contenders: largest |log P(label)| difference from vLLM's
@@ -141,7 +142,8 @@ def run_vllm(model_dir: Path, requests, warmup, args) -> dict:
             "warmups": [ids(warmup[args.trial_size])], "methods": [],
             "trial": {"methods": args.vllm_methods, "requests": [ids(r) for r in trial]}, "requests": []}
     python = ROOT / ".venv-vllm/bin/python"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": str(args.threads)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": str(args.threads),
+           **MALLOC_ENV}                        # the allocator setting of the torch engine (in this process)
 
     def call(spec: dict) -> dict:
         with tempfile.TemporaryDirectory(prefix="slimkit-bench-vllm-") as tmp:

@@ -10,6 +10,10 @@ the rows' own tokens in a causal one (right padding needs no mask: a real token 
 one), and the two parts are joined by their log-sum-exps. Same numbers as the standard path up to float rounding, and a row still sees only its
 own prefix and its own tokens.
 
+With `last` (each row's last real column), only those queries are answered: the final layer of a
+scoring pass needs no other token's output (its keys and values still come from every token). The
+other positions' outputs are zeros.
+
 `ATTN` is registered with transformers' attention interface; called without a `prefix` (the
 prefill, LogProbs) it is plain SDPA.
 """
@@ -55,18 +59,28 @@ def _prefix_part(q: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor, scaling: f
 
 
 def attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
-              dropout: float = 0.0, scaling: float | None = None, prefix: SharedPrefix | None = None, **kwargs):
+              dropout: float = 0.0, scaling: float | None = None, prefix: SharedPrefix | None = None,
+              last: torch.Tensor | None = None, **kwargs):
     """transformers' attention signature: query [b, H, L, d], key/value [b, kvh, L, d]; returns
     ([b, L, H, d], None)."""
     if prefix is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    heads, d = query.shape[1], query.shape[3]
+    b, heads, width, d = query.shape
     g = heads // key.shape[1]
     scaling = d ** -0.5 if scaling is None else scaling
-    # The rows' own tokens, causally (right padding needs no mask: a real token never sees a later one).
-    o_own, l_own = _flash(query, key.repeat_interleave(g, dim=1), value.repeat_interleave(g, dim=1), 0.0, True,
-                          scale=scaling)
+    key, value = key.repeat_interleave(g, dim=1), value.repeat_interleave(g, dim=1)
+    if last is None:
+        # The rows' own tokens, causally (right padding needs no mask: a real token never sees a later one).
+        o_own, l_own = _flash(query, key, value, 0.0, True, scale=scaling)
+    else:
+        # Only each row's last token, which sees all of its row's tokens but none of the padding after it.
+        every = torch.arange(b, device=query.device)
+        query = query[every, :, last][:, :, None]
+        padding = torch.arange(width, device=query.device)[None, :] > last[:, None]
+        mask = torch.zeros(b, 1, 1, width, dtype=query.dtype, device=query.device)
+        mask.masked_fill_(padding[:, None, None], float("-inf"))
+        o_own, l_own = _flash(query, key, value, 0.0, False, attn_mask=mask, scale=scaling)
     # Each prefix, for the rows that continue it (its real length only).
     pk_all, pv_all = prefix.layers[module.layer_idx]
     parts = []
@@ -84,6 +98,10 @@ def attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     lse = torch.logaddexp(l_pre, l_own)
     w_pre, w_own = (l_pre - lse).exp_()[..., None], (l_own - lse).exp_()[..., None]
     out = (o_pre * w_pre.to(o_pre.dtype)).add_(o_own * w_own.to(o_own.dtype))
+    if last is not None:
+        full = out.new_zeros(b, heads, width, d)
+        full[every, :, last] = out[:, :, 0]
+        out = full
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -7,7 +7,8 @@ together; each batch of items, which may mix jobs, continues its rows' own prefi
 `attn` implementation, through a KV cache that is a view when the batch has one prefix). The model body runs
 without its LM head; only the final hidden state of each item's last token is projected, onto the
 label rows of the LM head (or through `kernels.linear_logprob` for the full-vocabulary
-log-normalizer).
+log-normalizer). For Llama-family layers the final layer itself runs at those tokens only (its keys
+and values still come from every token).
 """
 
 from __future__ import annotations
@@ -27,6 +28,30 @@ from slimkit.serve.batching import Batch, plan, prefixes
 from slimkit.serve.engine import Engine, LogProbsJob, LogProbsResult
 from slimkit.serve.prefix_attention import ATTN, shared_prefix
 from slimkit.serve.prompt import ScoreJob
+
+# glibc hands a freed block of 128 KiB or more straight back to the OS, and the next pass faults the
+# same pages in again one by one; with activations of megabytes per layer that costs about as much as
+# the arithmetic on a CPU (more in a VM). A CPU engine keeps freed memory for reuse instead: blocks up
+# to 32 MiB come from the heap, and up to 1 GiB of free heap is kept. Process-wide, as the env vars.
+MMAP_THRESHOLD, TRIM_THRESHOLD = 32 << 20, 1 << 30
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
+
+
+def keep_freed_memory() -> bool:
+    """Apply MALLOC_ENV to this process through mallopt (glibc only; False elsewhere)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD)) and bool(libc.mallopt(m_trim_threshold, TRIM_THRESHOLD))
+
+
+# Architectures whose decoder layers are pre-norm attention + MLP with these module names, which the
+# last-token-only final layer (`_body_last_only`) runs itself.
+LAST_ONLY = {"llama", "mistral", "qwen2", "qwen3"}
 
 
 @dataclass
@@ -67,6 +92,7 @@ class TorchEngine(Engine):
             if attn is not None:
                 raise
         self.prefix_attention = self.model.config._attn_implementation == ATTN
+        self.last_only = self.prefix_attention and getattr(self.model.config, "model_type", "") in LAST_ONLY
         self.body = self.model.get_decoder()
         head = self.model.get_output_embeddings()
         self.head_weight, self.head_bias = head.weight, getattr(head, "bias", None)
@@ -75,6 +101,8 @@ class TorchEngine(Engine):
         self.dtype = {v: k for k, v in DTYPES.items()}.get(self.head_weight.dtype, str(self.head_weight.dtype))
         self.device = self.head_weight.device
         self.max_batch, self.share_prefix = max_batch, share_prefix
+        if self.device.type == "cpu":
+            keep_freed_memory()
 
     # -- Score ---------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -111,13 +139,32 @@ class TorchEngine(Engine):
         ids = torch.tensor(batch.ids, device=self.device)
         b = ids.shape[0]
         pos = torch.tensor(batch.positions, device=self.device)
+        last = torch.tensor(batch.last, device=self.device)
         if prefix is not None and self.prefix_attention:
             shared = shared_prefix(prefix.layers, prefix.lengths, batch.prefix_rows, self.device)
+            if self.last_only:
+                return self._body_last_only(ids, pos, last, shared)
             out = self.body(input_ids=ids, position_ids=pos, use_cache=False, prefix=shared)
         else:
             out = self.body(input_ids=ids, attention_mask=torch.tensor(batch.mask, device=self.device),
                             position_ids=pos, past_key_values=self._cache(batch, prefix), use_cache=prefix is not None)
-        return out.last_hidden_state[torch.arange(b, device=self.device), torch.tensor(batch.last, device=self.device)]
+        return out.last_hidden_state[torch.arange(b, device=self.device), last]
+
+    def _body_last_only(self, ids: torch.Tensor, pos: torch.Tensor, last: torch.Tensor, shared) -> torch.Tensor:
+        """The decoder body run layer by layer, its final layer for each row's last token only: that
+        layer's keys and values come from every token, but its attention output, its MLP and the final
+        norm are needed at one position per row (a Llama-family layer: pre-norm attention, pre-norm MLP)."""
+        body = self.body
+        h = body.embed_tokens(ids)
+        rope = body.rotary_emb(h, pos)
+        *early, final = body.layers
+        for layer in early:
+            h = layer(h, position_ids=pos, position_embeddings=rope, prefix=shared)
+        x, _ = final.self_attn(hidden_states=final.input_layernorm(h), attention_mask=None, position_ids=pos,
+                               position_embeddings=rope, prefix=shared, last=last)
+        h = (h + x)[torch.arange(len(last), device=self.device), last]
+        h = h + final.mlp(final.post_attention_layernorm(h))
+        return body.norm(h)
 
     def _cache(self, batch: Batch, prefix: Prefill | None):
         """The standard path's KV cache: each row's prefix keys and values (a view when there is one prefix)."""

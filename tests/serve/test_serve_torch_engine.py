@@ -195,3 +195,45 @@ def test_prefix_attention_equals_the_kv_cache_path(torch_engine, tiny_dir):
              for i, (query, norm) in enumerate([(QUERY, "vocab"), ("go", "labels"), ("nurse in munich " * 9, "vocab")])]
     for got, want in zip(torch_engine.score(mixed), cached.score(mixed), strict=True):
         np.testing.assert_allclose(got, want, atol=2e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    """A tiny random Llama (no q/k norms, unlike Qwen3) with the toy tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from slimkit import artifacts
+    from slimkit.toy import toy_tokenizer
+
+    tok = toy_tokenizer()
+    torch.manual_seed(5)
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                                         num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                                         vocab_size=len(tok), max_position_embeddings=1024,
+                                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
+    return artifacts.save(model, tok, tmp_path_factory.mktemp("llama") / "llama", stage="tiny-random", recipe={})
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+def test_final_layer_at_the_last_tokens_only_changes_no_score(arch, tiny_dir, llama_dir):
+    """The final layer run for each item's last token only (the default for Llama-family models) gives
+    the scores of the whole final layer, on mixed calls: several prefixes, item lengths, padding."""
+    from slimkit.serve.torch_engine import TorchEngine
+
+    engine = TorchEngine(tiny_dir if arch == "qwen3" else llama_dir, max_batch=6)
+    assert engine.last_only
+    tok, v = engine.tokenizer, engine.vocab_size
+    items = many_items(15)
+    mixed = [make_job(tok, PromptTemplate(), query, items[i:i + 5 + i], normalization=norm, vocab_size=v)
+             for i, (query, norm) in enumerate([(QUERY, "vocab"), ("go", "labels"), ("nurse in munich " * 9, "vocab")])]
+    fast = engine.score(mixed)
+    engine.last_only = False
+    for got, want in zip(fast, engine.score(mixed), strict=True):
+        np.testing.assert_allclose(got, want, atol=2e-5, rtol=0)
+
+
+def test_a_cpu_engine_keeps_freed_memory_for_reuse():
+    """glibc's malloc is told (mallopt) to keep freed blocks instead of returning them to the OS."""
+    from slimkit.serve.torch_engine import keep_freed_memory
+
+    assert keep_freed_memory()
