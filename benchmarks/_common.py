@@ -3,7 +3,7 @@
 Every script in benchmarks/ writes through `save`. An area (AREAS) has, in benchmarks/results/:
 - `<area>.json`: its tables in long format, one row per measurement; every row carries its `run`:
   command, commit (`git describe --always --dirty`; for figures recorded before this format, the
-  commit that recorded them), date (UTC), machine (CPU or GPU, cores, torch, load average) and the
+  commit that recorded them), date (UTC), machine (CPU or GPU, its vector ISA, cores, torch, load average) and the
   script's settings;
 - `<area>.md`: the summary, generated from the JSON (a table per table, then the runs); text after
   the NOTES line is written by hand and kept when a script rewrites the file;
@@ -62,16 +62,22 @@ AREAS = {
 NOTES = "<!-- notes: written by hand below this line, kept when a script rewrites this file -->"
 
 
+# The vector instruction sets that decide CPU kernels' speed (bf16 and int8 arithmetic above all).
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
+
+
 def machine() -> dict:
-    """CPU model and cores, GPU (when torch sees one), torch and Python versions, 1-minute load."""
+    """CPU model, its vector instruction sets (`isa`) and cores, GPU (when torch sees one), torch and
+    Python versions, 1-minute load."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = platform.processor() or platform.machine(), set()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
-                    if ln.startswith("model name")), cpu)
-    return {"cpu": cpu, "cores": os.cpu_count(),
+        lines = cpuinfo.read_text().splitlines()
+        cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), cpu)
+        flags = set(next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), []))
+    return {"cpu": cpu, "isa": " ".join(f for f in ISA_FLAGS if f in flags) or None, "cores": os.cpu_count(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "torch": torch.__version__, "python": platform.python_version(),
             "load_avg": round(os.getloadavg()[0], 1)}
