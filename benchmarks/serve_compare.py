@@ -337,9 +337,10 @@ def main(args) -> None:
     table, trial = rows(out, args)
     settings = {k: getattr(args, k) for k in ("threads", "query_tokens", "item_tokens", "sizes", "requests",
                                               "auc_n")}
-    save("serve_compare", "vllm methods", trial, key=("model", "method"), about=ABOUT["vllm methods"],
+    # A run replaces every row of its model: its ratios are against its own vLLM rows.
+    save("serve_compare", "vllm methods", trial, key=("model",), about=ABOUT["vllm methods"],
          settings=settings, out=args.out)
-    save("serve_compare", "compare", table, key=("model", "contender", "items"), about=ABOUT["compare"],
+    save("serve_compare", "compare", table, key=("model",), about=ABOUT["compare"],
          settings=settings, out=args.out, plot=plot(table))
     for r in table:
         print(f"{r['contender']:32s} 1x{r['items']:<4d} {r['items_per_s']:8.1f} items/s  p50 {r['p50_ms']:7.1f} ms  "
