@@ -12,7 +12,7 @@ own prefix and its own tokens.
 
 With `last` (each row's last real column), only those queries are answered: the final layer of a
 scoring pass needs no other token's output (its keys and values still come from every token). The
-other positions' outputs are zeros.
+other positions' outputs are zeros. With `keys_only` (a prefill's final layer) nothing is answered.
 
 `ATTN` is registered with transformers' attention interface; called without a `prefix` (the
 prefill, LogProbs) it is plain SDPA.
@@ -60,9 +60,12 @@ def _prefix_part(q: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor, scaling: f
 
 def attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
               dropout: float = 0.0, scaling: float | None = None, prefix: SharedPrefix | None = None,
-              last: torch.Tensor | None = None, **kwargs):
+              last: torch.Tensor | None = None, keys_only: bool = False, **kwargs):
     """transformers' attention signature: query [b, H, L, d], key/value [b, kvh, L, d]; returns
-    ([b, L, H, d], None)."""
+    ([b, L, H, d], None). `keys_only`: the caller keeps only the keys and values (cached before this
+    call); the output is zeros."""
+    if keys_only:
+        return query.new_zeros(query.shape[0], query.shape[2], query.shape[1], query.shape[3]), None
     if prefix is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)

@@ -130,9 +130,28 @@ class TorchEngine(Engine):
         row per prefix (the padded slots are masked, or cut off, for the rows that continue them)."""
         width = max(len(p) for p in ids)
         x = torch.tensor([p + [0] * (width - len(p)) for p in ids], device=self.device)
+        if self.last_only:
+            return Prefill(self._keys_and_values(x), [len(p) for p in ids])
         mask = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in ids], device=self.device)
         out = self.body(input_ids=x, attention_mask=mask, use_cache=True)
         return Prefill([(layer.keys, layer.values) for layer in out.past_key_values.layers], [len(p) for p in ids])
+
+    def _keys_and_values(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's keys and values of the right-padded prefixes `x`, layer by layer: causal
+        attention needs no mask (a real token never sees the padding after it, and items read only a
+        prefix's real length), and the final layer stops once its keys and values are cached."""
+        from transformers import DynamicCache
+
+        body, cache = self.body, DynamicCache(config=self.model.config)
+        h = body.embed_tokens(x)
+        pos = torch.arange(x.shape[1], device=self.device)[None].expand(x.shape[0], -1)
+        rope = body.rotary_emb(h, pos)
+        *early, final = body.layers
+        for layer in early:
+            h = layer(h, position_ids=pos, past_key_values=cache, use_cache=True, position_embeddings=rope)
+        final.self_attn(hidden_states=final.input_layernorm(h), attention_mask=None, position_ids=pos,
+                        past_key_values=cache, position_embeddings=rope, keys_only=True)
+        return [(layer.keys, layer.values) for layer in cache.layers]
 
     def _last_hidden(self, batch: Batch, prefix: Prefill | None) -> torch.Tensor:
         """Final hidden state at each row's last token; each row continues its prefix (if any)."""

@@ -217,7 +217,8 @@ def llama_dir(tmp_path_factory):
 @pytest.mark.parametrize("arch", ["qwen3", "llama"])
 def test_final_layer_at_the_last_tokens_only_changes_no_score(arch, tiny_dir, llama_dir):
     """The final layer run for each item's last token only (the default for Llama-family models) gives
-    the scores of the whole final layer, on mixed calls: several prefixes, item lengths, padding."""
+    the scores of the whole final layer, on mixed calls: several prefixes, item lengths, padding; the
+    prefill, which stops the final layer at its keys and values, caches the same keys and values."""
     from slimkit.serve.torch_engine import TorchEngine
 
     engine = TorchEngine(tiny_dir if arch == "qwen3" else llama_dir, max_batch=6)
@@ -227,9 +228,16 @@ def test_final_layer_at_the_last_tokens_only_changes_no_score(arch, tiny_dir, ll
     mixed = [make_job(tok, PromptTemplate(), query, items[i:i + 5 + i], normalization=norm, vocab_size=v)
              for i, (query, norm) in enumerate([(QUERY, "vocab"), ("go", "labels"), ("nurse in munich " * 9, "vocab")])]
     fast = engine.score(mixed)
+    prefix_ids = [job.shared_ids for job in mixed]
+    short = engine._prefill(prefix_ids)                  # its final layer stops at its keys and values
     engine.last_only = False
     for got, want in zip(fast, engine.score(mixed), strict=True):
         np.testing.assert_allclose(got, want, atol=2e-5, rtol=0)
+    full = engine._prefill(prefix_ids)
+    for (k, v), (k0, v0) in zip(short.layers, full.layers, strict=True):
+        for r, n in enumerate(full.lengths):             # the real positions (padding is never read)
+            torch.testing.assert_close(k[r, :, :n], k0[r, :, :n], atol=2e-5, rtol=0)
+            torch.testing.assert_close(v[r, :, :n], v0[r, :, :n], atol=2e-5, rtol=0)
 
 
 def test_a_cpu_engine_keeps_freed_memory_for_reuse():
