@@ -253,7 +253,9 @@ def timing_part(args) -> None:
     rows = []
     for name in names:
         sets = [*(TOY.get(name) or SODA[name]), "eval.n=1"]  # the eval is not what is timed
-        res = run(f"{name}_timing", sets, args.steps, args.data_n, args.threads)
+        # a run directory per data size: its caches (e.g. the top-k teacher) belong to its rollouts
+        size = "" if args.data_n == 3200 else f"_n{args.data_n}"
+        res = run(f"{name}_timing{size}", sets, args.steps, args.data_n, args.threads)
         row = summary(res)
         rows.append({"config": name, "steps": row["steps"], "step_s": row["step_s"],
                      "peak_mem_mb": row["peak_mem_mb"], "fed_tokens": row.get("fed_tokens")})
