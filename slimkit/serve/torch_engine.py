@@ -50,7 +50,7 @@ def keep_freed_memory() -> bool:
 
 
 # Architectures whose decoder layers are pre-norm attention + MLP with these module names, which the
-# last-token-only final layer (`_body_last_only`) runs itself.
+# engine runs layer by layer itself (`_body_last_only`, `_keys_and_values`; not with a sliding window).
 LAST_ONLY = {"llama", "mistral", "qwen2", "qwen3"}
 
 
@@ -92,7 +92,9 @@ class TorchEngine(Engine):
             if attn is not None:
                 raise
         self.prefix_attention = self.model.config._attn_implementation == ATTN
-        self.last_only = self.prefix_attention and getattr(self.model.config, "model_type", "") in LAST_ONLY
+        cfg = self.model.config
+        sliding = getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True)
+        self.last_only = self.prefix_attention and getattr(cfg, "model_type", "") in LAST_ONLY and not sliding
         self.body = self.model.get_decoder()
         head = self.model.get_output_embeddings()
         self.head_weight, self.head_bias = head.weight, getattr(head, "bias", None)
