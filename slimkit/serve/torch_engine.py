@@ -144,16 +144,22 @@ class TorchEngine(Engine):
         prefix's real length), and the final layer stops once its keys and values are cached."""
         from transformers import DynamicCache
 
-        body, cache = self.body, DynamicCache(config=self.model.config)
-        h = body.embed_tokens(x)
+        cache = DynamicCache(config=self.model.config)
         pos = torch.arange(x.shape[1], device=self.device)[None].expand(x.shape[0], -1)
-        rope = body.rotary_emb(h, pos)
-        *early, final = body.layers
-        for layer in early:
-            h = layer(h, position_ids=pos, past_key_values=cache, use_cache=True, position_embeddings=rope)
+        h, rope, final = self._early_layers(x, pos, past_key_values=cache, use_cache=True)
         final.self_attn(hidden_states=final.input_layernorm(h), attention_mask=None, position_ids=pos,
                         past_key_values=cache, position_embeddings=rope, keys_only=True)
         return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _early_layers(self, ids: torch.Tensor, pos: torch.Tensor, **kwargs):
+        """(hidden states after every layer but the last, the rotary embeddings, the last layer);
+        `kwargs` go to each layer (and on to the attention)."""
+        h = self.body.embed_tokens(ids)
+        rope = self.body.rotary_emb(h, pos)
+        *early, final = self.body.layers
+        for layer in early:
+            h = layer(h, position_ids=pos, position_embeddings=rope, **kwargs)
+        return h, rope, final
 
     def _last_hidden(self, batch: Batch, prefix: Prefill | None) -> torch.Tensor:
         """Final hidden state at each row's last token; each row continues its prefix (if any)."""
@@ -175,17 +181,12 @@ class TorchEngine(Engine):
         """The decoder body run layer by layer, its final layer for each row's last token only: that
         layer's keys and values come from every token, but its attention output, its MLP and the final
         norm are needed at one position per row (a Llama-family layer: pre-norm attention, pre-norm MLP)."""
-        body = self.body
-        h = body.embed_tokens(ids)
-        rope = body.rotary_emb(h, pos)
-        *early, final = body.layers
-        for layer in early:
-            h = layer(h, position_ids=pos, position_embeddings=rope, prefix=shared)
+        h, rope, final = self._early_layers(ids, pos, prefix=shared)
         x, _ = final.self_attn(hidden_states=final.input_layernorm(h), attention_mask=None, position_ids=pos,
                                position_embeddings=rope, prefix=shared, last=last)
         h = (h + x)[torch.arange(len(last), device=self.device), last]
         h = h + final.mlp(final.post_attention_layernorm(h))
-        return body.norm(h)
+        return self.body.norm(h)
 
     def _cache(self, batch: Batch, prefix: Prefill | None):
         """The standard path's KV cache: each row's prefix keys and values (a view when there is one prefix)."""
