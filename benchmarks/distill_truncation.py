@@ -66,6 +66,10 @@ SODA = {
     "soda_fkl_w5": [*SNAPSHOT, "soda.mix=forward", "soda.mix_weight=5"],
     # the mix term against the cached top-k teacher (built once on the teacher responses): no live teacher
     "soda_fkl_w5_topk": [*SNAPSHOT, "soda.mix=forward", "soda.mix_weight=5", "loss.teacher=topk"],
+    # the mix term also on the contrasted pairs' snapshot responses (the teacher at the student's own states)
+    "soda_fkl_w5_both_topk": [*SNAPSHOT, "soda.mix=forward", "soda.mix_weight=5", "soda.mix_on=both", "loss.teacher=topk"],
+    "soda_fkl_both_topk": [*SNAPSHOT, "soda.mix=forward", "soda.mix_on=both", "loss.teacher=topk"],
+    "soda_fkl_both_topk_b0": [*SNAPSHOT, "soda.mix=forward", "soda.mix_on=both", "loss.teacher=topk", "soda.beta=1e-6"],
     "soda_fkl_w20": [*SNAPSHOT, "soda.mix=forward", "soda.mix_weight=20"],
     "soda_fkl_b0": [*SNAPSHOT, "soda.mix=forward", "soda.beta=1e-6"],  # a check: beta ~ 0 leaves KD's update
     "opd": ["rollout.source=student", "rollout.temperature=1.0"],

@@ -55,13 +55,15 @@ def test_snapshot_and_reference_are_cached_reused_and_stale_ones_refused(pair, t
         _distiller(pair, out, overwrite=True)
 
 
-@pytest.mark.parametrize("mix, contrast", [("forward", "sequence"), ("sft", "sequence"), ("forward", "first_divergence")])
-def test_gradient_equals_dpo_on_full_logits(pair, tmp_path, mix, contrast):
+@pytest.mark.parametrize("mix, contrast, mix_on", [("forward", "sequence", "chosen"), ("sft", "sequence", "chosen"),
+                                                    ("forward", "first_divergence", "chosen"),
+                                                    ("forward", "sequence", "both")])
+def test_gradient_equals_dpo_on_full_logits(pair, tmp_path, mix, contrast, mix_on):
     d = _distiller(pair, tmp_path / "r", f"soda.mix={mix}", "soda.mix_weight=0.7", "train.fuse_weight_grad=false",
-                   "train.sparse_embedding_grad=false", f"soda.contrast={contrast}")
+                   "train.sparse_embedding_grad=false", f"soda.contrast={contrast}", f"soda.mix_on={mix_on}")
     differ = [i for i, (x,) in enumerate(d.soda.pairs) if x.chosen.completion_ids != x.rejected.completion_ids]
+    d.soda.pairs[differ[1]][0].contrast = False  # as soda.rejected=wrong leaves a pair whose student response is correct
     part = d.soda.get(differ[:3])
-    part[1].contrast = False  # as soda.rejected=wrong leaves a pair whose student response is correct
     with torch.no_grad():  # move the student off the reference, so the DPO margin is not 0
         for q in d.student.parameters():
             q.add_(torch.randn_like(q) * 0.02)
@@ -87,17 +89,19 @@ def test_gradient_equals_dpo_on_full_logits(pair, tmp_path, mix, contrast):
     ref = torch.tensor([[x.ref_chosen, x.ref_rejected] for x in con], dtype=torch.float64)
     margin = 0.5 * ((pi[[0, 2]] - ref[:, 0]) - (pi[n:] - ref[:, 1]))
     loss = -F.logsigmoid(margin).sum()
-    lens = torch.tensor([len(r.completion_ids) for r in chosen], dtype=torch.float64)
-    mask = batch.target_mask[:n]
+    mixed = len(batch.input_ids) if mix_on == "both" else n  # both: the contrasted student responses too
+    lens = torch.tensor([len(r.completion_ids) for r in (chosen + [x.rejected for x in con])[:mixed]],
+                        dtype=torch.float64)
+    mask = batch.target_mask[:mixed]
     if mix == "sft":
         per_seq = -(lp[:n] * mask).sum(1)
     else:
         with torch.no_grad():
-            t = d.teacher(input_ids=batch.input_ids[:n], attention_mask=batch.attention_mask[:n]).logits[:, :-1]
+            t = d.teacher(input_ids=batch.input_ids[:mixed], attention_mask=batch.attention_mask[:mixed]).logits[:, :-1]
         lq = torch.log_softmax(t.double(), -1)
-        kl = (lq.exp() * (lq - torch.log_softmax(logits[:n].double(), -1))).sum(-1)
+        kl = (lq.exp() * (lq - torch.log_softmax(logits[:mixed].double(), -1))).sum(-1)
         per_seq = (kl * mask).sum(1)
-    loss = loss + 0.7 * per_seq.sum() / lens.sum() * n  # the mean over the step's chosen tokens, x pairs
+    loss = loss + 0.7 * per_seq.sum() / lens.sum() * n  # the mean over the step's mixed tokens, x pairs
     loss.backward()
     assert sums["loss_sum"] == pytest.approx(float(loss.detach()), rel=1e-4)
     assert sums["kept"] == n and sums["contrast_n"] == 2 and sums["sequences"] == n + 2 and 0 < abs(sums["margin_sum"])
@@ -109,15 +113,22 @@ def test_the_mix_term_reads_the_cached_top_k_teacher(pair, tmp_path):
     """loss.teacher=topk: the forward-KL mix term reads the teacher cached once on its responses (no live
     teacher forward in the step); with every id but one cached, the loss is the live teacher's."""
     sums = []
-    for name, extra in (("live", ()), ("topk", ("loss.teacher=topk", "loss.topk=100000"))):
+    cases = [(f"{where}_{name}", extra + (f"soda.mix_on={where}",)) for where in ("chosen", "both")
+             for name, extra in (("live", ()), ("topk", ("loss.teacher=topk", "loss.topk=100000")))]
+    for name, extra in cases:
         d = _distiller(pair, tmp_path / name, "soda.mix=forward", "soda.mix_weight=0.7", *extra)
-        assert (d.topk is None) == (name == "live")
+        assert (d.topk is None) == name.endswith("live")
+        # mix_on both: the teacher's top-k on the snapshot responses is cached beside the snapshot
+        assert (d.soda.snapshot_topk is not None) == (name == "both_topk")
+        assert (tmp_path / name / "student_snapshot.teacher_topk" / "ids.npy").is_file() == (name == "both_topk")
         part = d.soda.get(list(range(4)))
+        assert sum(p.contrast for p in part) > 0
         sums.append({k: 0.0 for k in ("tokens", "kept", "norm", "contrast_n", "sequences", "loss_sum", "dpo_sum",
                                       "margin_sum", "reward_acc_n", "completion_tokens")})
         d._micro_step(part, 0, sums[-1])
-    assert sums[1]["loss_sum"] == pytest.approx(sums[0]["loss_sum"], rel=1e-2)
-    assert sums[1]["dpo_sum"] == pytest.approx(sums[0]["dpo_sum"], rel=1e-6)
+    for live, topk in (sums[0:2], sums[2:4]):
+        assert topk["loss_sum"] == pytest.approx(live["loss_sum"], rel=1e-2)
+        assert topk["dpo_sum"] == pytest.approx(live["dpo_sum"], rel=1e-6)
 
 
 def test_steps_start_at_ln2_and_widen_the_margin(pair, tmp_path):
@@ -133,6 +144,7 @@ def test_steps_start_at_ln2_and_widen_the_margin(pair, tmp_path):
     (("select.method=entropy_top",), "soda trains on whole responses with a DPO loss: select.method=all"),
     (("soda.beta=0",), "soda.beta: Input should be greater than 0"),
     (("soda.mix=kl",), "soda.mix: Input should be 'none', 'forward' or 'sft'"),
+    (("soda.mix=sft", "soda.mix_on=both"), "soda.mix_on=both needs soda.mix=forward"),
 ])
 def test_bad_soda_settings_are_one_clear_error(pair, tmp_path, extra, message):
     with pytest.raises(RecipeError, match=message):

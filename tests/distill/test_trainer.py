@@ -302,3 +302,57 @@ def test_lm_head_padding_rows_take_no_part(pair, tmp_path, teacher_kind):
                                                     *extra))).train_step()["loss"]
               for i, (t, s) in enumerate([(padded(teacher, "t"), padded(student, "s")), (teacher, student)])]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_length_groups_cover_every_sequence_with_the_fewest_positions():
+    import itertools
+    import random
+
+    from slimkit.compress.distill.hidden import length_groups
+
+    assert length_groups([5, 50, 5, 50, 5], 2) == [[0, 2, 4], [1, 3]]
+    assert length_groups([5, 50, 5], 1) == [[0, 1, 2]]
+    assert length_groups([7, 7, 7], 4) == [[0, 1, 2]]  # more groups would save nothing
+    rng = random.Random(0)
+    for _ in range(200):
+        lengths = [rng.randint(1, 40) for _ in range(rng.randint(1, 7))]
+        most = rng.randint(1, 4)
+        groups = length_groups(lengths, most)
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths))) and len(groups) <= most
+        cost = sum(len(g) * max(lengths[i] for i in g) for g in groups)
+        # brute force: every split of the length-sorted sequences into at most `most` runs
+        w = sorted(lengths)
+        best = min(sum((b - a) * w[b - 1] for a, b in itertools.pairwise((0, *cuts, len(w))))
+                   for k in range(min(most, len(w)))
+                   for cuts in itertools.combinations(range(1, len(w)), k))
+        assert cost == best
+
+
+@pytest.mark.parametrize("method", ["kd", "soda"])
+def test_length_grouped_forwards_give_the_padded_batch_update_on_fewer_positions(pair, tmp_path, monkeypatch,
+                                                                                  method):
+    from slimkit.compress.distill.hidden import Body
+
+    extra = ("soda.beta=0.5", "soda.mix=forward", "rollout.source=teacher") if method == "soda" else ()
+    positions: list[int] = []
+    forward = Body.forward
+
+    def counting(self, input_ids, attention_mask):
+        positions.append(input_ids.numel())
+        return forward(self, input_ids, attention_mask)
+
+    runs = {}
+    for groups in (1, 4):
+        d = Distiller(load_recipe(None, overrides(pair, tmp_path / f"g{groups}", "optim.grad_clip=null",
+                                                  "train.prompts_per_step=8", "train.micro_batch=8",
+                                                  f"train.length_groups={groups}", *extra)))
+        monkeypatch.setattr(Body, "forward", counting)
+        positions.clear()
+        rec = d.train_step()
+        monkeypatch.setattr(Body, "forward", forward)
+        runs[groups] = rec, {n: p.grad.clone() for n, p in d.student.named_parameters()}, sum(positions)
+    (r1, g1, n1), (r4, g4, n4) = runs[1], runs[4]
+    assert r1["loss"] == pytest.approx(r4["loss"], rel=1e-5)
+    for k in g1:
+        torch.testing.assert_close(g4[k], g1[k], rtol=1e-4, atol=1e-7)
+    assert n4 < 0.9 * n1  # the check can fail: the step's sequences differ in length

@@ -133,9 +133,11 @@ def test_the_cut_tail_reaches_neither_model(pair, tmp_path, monkeypatch):
     full = d.source.get(step_indices(0, len(d.examples), 4, 0))  # the first step's rollouts
     rec = d.train_step()
     kept = [-(-len(r.completion_ids) // 2) for r in full]
+    cut = [len(r.prompt_ids) + k for r, k in zip(full, kept, strict=True)]
     assert {m for m, *_ in widths} == {d.teacher, d.student}  # both models ran, on the cut sequences only
-    assert all(w == max(len(r.prompt_ids) + k for r, k in zip(full, kept, strict=True)) for _, w, _ in widths)
-    assert all(n == sum(len(r.prompt_ids) + k for r, k in zip(full, kept, strict=True)) for *_, n in widths)
+    for model in (d.teacher, d.student):  # in length groups, each as wide as its longest cut sequence
+        runs = [(w, n) for m, w, n in widths if m is model]
+        assert max(w for w, _ in runs) == max(cut) and sum(n for _, n in runs) == sum(cut)
     assert rec["fed_tokens"] == sum(len(r.prompt_ids) + k for r, k in zip(full, kept, strict=True))
     assert rec["supervised"] == rec["kept"] == sum(kept)  # CoT + A: every kept response token
     assert rec["flops_est"] > 0

@@ -133,6 +133,12 @@ class TrainConfig(StageConfig):
         "the input embedding's backward yields a sparse gradient (the rows of the tokens present), "
         "which autograd adds in place into the persistent dense .grad, instead of a dense [V, H] "
         "temporary; AdamW still sees a dense gradient. Single process only (off under DDP)"))
+    length_groups: int = Field(4, ge=1, description=(
+        "forwards per micro-batch (student and teacher): its sequences sorted by length and cut into at "
+        "most this many groups, each padded only to its own longest (the cuts that compute the fewest "
+        "token positions). The same update up to float rounding; 1: one forward over the whole "
+        "micro-batch, padded to its longest sequence. Single process only (one forward under DDP/FSDP, "
+        "whose ranks must run the same collectives)"))
     teacher_micro_batch: int | None = Field(None, ge=1, description=(
         "sequences per teacher forward (no grad; its activations are transient, so smaller blocks lower "
         "the step's peak at a small speed cost). None: the whole micro-batch"))
@@ -233,7 +239,11 @@ class SodaConfig(StageConfig):
     beta: float = Field(0.1, gt=0.0, description="DPO inverse temperature")
     mix: Literal["none", "forward", "sft"] = Field("none", description=(
         "an extra term on the teacher response: forward KL to the live teacher, or its NLL (SFT)"))
-    mix_weight: float = Field(1.0, ge=0.0, description="weight of the mix term (a mean over the step's chosen tokens)")
+    mix_weight: float = Field(1.0, ge=0.0, description="weight of the mix term (a mean over the tokens it trains on)")
+    mix_on: Literal["chosen", "both"] = Field("chosen", description=(
+        "the responses the mix term trains on: chosen (the teacher's, the paper's setting) or both (with mix "
+        "forward, also the contrasted pairs' snapshot responses: the teacher's distribution at the student's "
+        "own states, which its responses never visit; with loss.teacher topk cached once on the snapshot too)"))
     rejected: Literal["auto", "wrong", "all"] = Field("auto", description=(
         "the pairs whose DPO term runs: wrong = only those whose student response the task's verifier rejects "
         "(a correct one is no worse than the teacher's; the mix term still trains on its teacher response), "
@@ -245,6 +255,14 @@ class SodaConfig(StageConfig):
     max_new_tokens: int | None = Field(None, ge=1, description="default: rollout.max_new_tokens")
     cache: str | None = Field(None, description=(
         "student snapshot JSONL (default: OUT/student_snapshot.jsonl); the reference log-probs lie beside it"))
+
+
+    @model_validator(mode="after")
+    def _check(self) -> SodaConfig:
+        if self.mix_on == "both" and self.mix != "forward":
+            raise ValueError(f"soda.mix_on=both needs soda.mix=forward (the teacher's distribution on the student's "
+                             f"responses); {self.mix!r} has no target there")
+        return self
 
 
 class DistillConfig(StageConfig):

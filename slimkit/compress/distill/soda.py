@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from slimkit import artifacts, kernels
-from slimkit.compress.distill.hidden import Body, supervised
+from slimkit.compress.distill.hidden import Body, supervised_hidden
 from slimkit.compress.distill.rollouts import Batch, Rollout, TeacherSource, collate
 from slimkit.errors import SlimkitError
 
@@ -122,6 +122,10 @@ class Soda:
                 contrast = contrast and first is not None
                 rc, rr = (ref["chosen_tokens"][i][first], ref["rejected_tokens"][i][first]) if contrast else (0.0, 0.0)
             self.pairs[c.example].append(Pair(c, r, rc, rr, contrast, first or 0))
+        # mix_on both with a cached teacher: its top-k on the snapshot responses too, beside the snapshot
+        self.snapshot_topk = None
+        if cfg.mix_on == "both" and d.topk is not None:
+            self.snapshot_topk = d.topk_cache(cache.with_name(cache.stem + ".teacher_topk"), snapshot)
         self.snapshot_s = time.perf_counter() - t0  # one-off cost (small when the caches exist)
 
     # ---------------------------------------------------------------- the pairs
@@ -129,6 +133,8 @@ class Soda:
         """The step's pairs; also notes their count and chosen tokens, which normalise the mix term."""
         pairs = [p for i in indices for p in self.pairs[i]]
         self.step_pairs, self.step_tokens = len(pairs), sum(len(p.chosen.completion_ids) for p in pairs)
+        if self.cfg.mix_on == "both":
+            self.step_tokens += sum(len(p.rejected.completion_ids) for p in pairs if p.contrast)
         return pairs
 
     def _autocast(self):
@@ -138,8 +144,8 @@ class Soda:
 
     def _hidden(self, model, batch: Batch) -> torch.Tensor:
         with self._autocast():
-            hidden = model(batch.input_ids, batch.attention_mask)
-        return supervised(hidden, batch).to(self.d.student.get_output_embeddings().weight.dtype)
+            hidden = supervised_hidden(model, batch, self.d.length_groups)
+        return hidden.to(self.d.student.get_output_embeddings().weight.dtype)
 
     @torch.no_grad()
     def _reference(self, path: Path, chosen: list[Rollout], rejected: list[Rollout], student_hash: str) -> dict:
@@ -193,11 +199,14 @@ class Soda:
             if cfg.mix == "sft":
                 per_token = -lp[:rows]
             else:
-                teacher = d._teacher_rows(batch.split(n)[0], chosen)
+                if cfg.mix_on == "both":  # every fed response: the teacher's and the contrasted student ones
+                    rows, teacher = h.shape[0], self._teacher(batch, part, con)
+                else:
+                    teacher = d._teacher_rows(batch.split(n)[0], chosen)
                 per_token = kernels.linear_kl(h[:rows], w, teacher, kind="forward", temperature=d.cfg.loss.temperature,
                                               reduction="none", vocab_size=self.vocab).loss
             # x pairs / tokens of the step: once train_step divides by the pairs, the mean over the step's
-            # chosen tokens, as KD's loss is (a per-response mean would weigh a short response's tokens more)
+            # mixed tokens, as KD's loss is (a per-response mean would weigh a short response's tokens more)
             loss = loss + cfg.mix_weight * per_token.sum() * (self.step_pairs / max(self.step_tokens, 1))
         loss.backward()  # a sum over pairs: train_step divides the gradients by the step's pairs ("norm")
         for k, v in {"tokens": n, "kept": n, "norm": n, "contrast_n": len(con), "sequences": n + len(con),
@@ -205,6 +214,14 @@ class Soda:
                      "margin_sum": float(margin.detach().sum()), "reward_acc_n": float((margin > 0).sum()),
                      "completion_tokens": sum(len(r.completion_ids) for r in batch_rollouts(part, con))}.items():
             sums[k] += v
+
+    def _teacher(self, batch: Batch, part: list[Pair], con: list[int]) -> kernels.LiveTeacher | kernels.SparseTeacher:
+        """The teacher at every supervised row of the micro-batch (chosen responses, then rejected ones)."""
+        if self.snapshot_topk is None:
+            return self.d._teacher_rows(batch, batch_rollouts(part, con))
+        a = self.d.topk.rows([p.chosen for p in part], self.d.env.device)
+        b = self.snapshot_topk.rows([part[i].rejected for i in con], self.d.env.device)
+        return kernels.SparseTeacher(torch.cat([a.ids, b.ids]), torch.cat([a.logprobs, b.logprobs]))
 
     def record(self, totals: dict[str, float]) -> dict[str, float]:
         """dpo_loss, margin and reward_acc: means over the contrasted pairs; contrast_frac: their share."""

@@ -36,7 +36,7 @@ import torch.distributed as dist
 from slimkit import artifacts, kernels
 from slimkit.compress.distill import checkpoint, parallel, rundir, stages, weighting
 from slimkit.compress.distill.config import DistillConfig
-from slimkit.compress.distill.hidden import Body, supervised
+from slimkit.compress.distill.hidden import Body, supervised_hidden
 from slimkit.compress.distill.memory import tile_mlps
 from slimkit.compress.distill.metrics import LiveTable, MetricsLog, PeakMemory
 from slimkit.compress.distill.models import load_examples, load_pair
@@ -260,14 +260,18 @@ class Distiller:
     def _make_topk(self):
         if self.cfg.loss.teacher != "topk":
             return None
+        return self.topk_cache(self._cache_path(self.cfg.loss.topk_cache, "teacher_topk"), self.source)
+
+    def topk_cache(self, path: Path, source):
+        """The teacher's cached top-k on the fixed rollouts of `source` (built once, on rank 0 first)."""
         from slimkit.compress.distill.topk import TopKCache
 
         loss = self.cfg.loss
-        path = self._cache_path(loss.topk_cache, "teacher_topk")
-        make = functools.partial(TopKCache.build_or_load, path, self.teacher, self.source, k=loss.topk, vocab_size=len(self.tok),
+        make = functools.partial(TopKCache.build_or_load, path, self.teacher, source, k=loss.topk, vocab_size=len(self.tok),
                                  temperature=loss.temperature, pad_id=self.pad_id,
                                  teacher_hash=artifacts.dir_hash(self.teacher_dir))
-        return self.env.rank0_first(make)
+        with parallel.full_weights(self.teacher_body):
+            return self.env.rank0_first(make)
 
     def _load(self, path: Path, state: dict[str, Any]) -> None:
         try:
@@ -296,6 +300,11 @@ class Distiller:
             dist.barrier()
 
     # ---------------------------------------------------------------- one optimizer step
+    @property
+    def length_groups(self) -> int:
+        """Forwards per micro-batch: one under DDP/FSDP, whose ranks must run the same collectives."""
+        return 1 if self.env.ddp else self.cfg.train.length_groups
+
     def _seed(self, *parts: int) -> int:
         return (self.cfg.train.seed * 1_000_003 + hash(parts)) % (2**31)
 
@@ -306,9 +315,9 @@ class Distiller:
         if self.teacher_prompt_ids is not None:  # the same completions after the teacher's own prompts
             batch = collate([Rollout(self.teacher_prompt_ids[r.example], r.completion_ids, r.example) for r in part],
                             self.pad_id, self.env.device)
-        blocks = batch.split(self.cfg.train.teacher_micro_batch or batch.input_ids.shape[0])
         with torch.no_grad():
-            th = torch.cat([supervised(self.teacher_body(b.input_ids, b.attention_mask), b) for b in blocks])
+            th = supervised_hidden(self.teacher_body, batch, self.length_groups,
+                                   block=self.cfg.train.teacher_micro_batch)
         # detached: with self_teacher live this is the student's own lm_head
         return kernels.LiveTeacher(th, self.teacher.get_output_embeddings().weight.detach())
 
@@ -323,9 +332,9 @@ class Distiller:
         autocast = (torch.autocast(self.env.device.type, dtype=torch.bfloat16)
                     if cfg.train.dtype == "bfloat16" else contextlib.nullcontext())
         with autocast:
-            hidden = self.model(batch.input_ids, batch.attention_mask)
+            hidden = supervised_hidden(self.model, batch, self.length_groups)
         w = self.student.get_output_embeddings().weight  # after the forward: under FSDP, the gathered weight
-        h = supervised(hidden, batch).to(w.dtype)
+        h = hidden.to(w.dtype)
         # token scores (no grad) and selection (TIP): the lm_head then runs with gradients on the kept rows
         keep = torch.ones(h.shape[0], dtype=torch.bool, device=h.device)
         if h.shape[0] and (cfg.select.method != "all" or cfg.select.log_quadrants):
