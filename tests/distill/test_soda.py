@@ -129,6 +129,10 @@ def test_the_mix_term_reads_the_cached_top_k_teacher(pair, tmp_path):
     for live, topk in (sums[0:2], sums[2:4]):
         assert topk["loss_sum"] == pytest.approx(live["loss_sum"], rel=1e-2)
         assert topk["dpo_sum"] == pytest.approx(live["dpo_sum"], rel=1e-6)
+    # another K: a fresh top-k cache for the teacher responses, but the snapshot's is stale and refused
+    with pytest.raises(SlimkitError, match="student_snapshot.teacher_topk was made for another .* set soda.cache"):
+        _distiller(pair, tmp_path / "both_topk", "soda.mix=forward", "soda.mix_on=both", "loss.teacher=topk",
+                   "loss.topk=4", f"loss.topk_cache={tmp_path / 'k4'}", overwrite=True)
 
 
 def test_steps_start_at_ln2_and_widen_the_margin(pair, tmp_path):

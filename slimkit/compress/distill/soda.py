@@ -16,13 +16,15 @@ Per pair, with policy log-probs pi (sums over the response tokens) and reference
 
     loss = -log sigmoid(beta * ((pi_chosen - ref_chosen) - (pi_rejected - ref_rejected)))   [contrasted pairs]
            + mix_weight * [forward KL to the teacher | -log p] of each chosen-response token
+             (soda.mix_on both: forward KL also at each token of the contrasted pairs' student responses)
 
 where the DPO terms are averaged over the step's pairs and the mix term over the step's chosen tokens,
 as KD's loss is (so with beta -> 0 SODA's update is KD's on the same teacher responses; under DDP each
 rank's own token count stands in for the step's; `soda.mix`: none, forward or sft). Sequence log-probs
 go through `slimkit.kernels.linear_logprob` on the student's hidden states (no [tokens x vocab] logits), the
 forward KL through `linear_kl` with the live teacher, or with its top-k cached once on the teacher
-responses (`loss.teacher: topk`: no teacher forward in the step). `train.prompts_per_step` and `train.micro_batch`
+responses (`loss.teacher: topk`: no teacher forward in the step; with `mix_on: both` also on the snapshot,
+cached beside it as `<snapshot>.teacher_topk`). `train.prompts_per_step` and `train.micro_batch`
 count pairs (a micro-batch runs up to 2 x micro_batch sequences). Step records add `dpo_loss`, `margin`
 (mean beta-scaled reward margin), `reward_acc` (share with a positive margin), both over the contrasted
 pairs, `contrast_frac` (their share of the step's pairs) and
@@ -125,7 +127,7 @@ class Soda:
         # mix_on both with a cached teacher: its top-k on the snapshot responses too, beside the snapshot
         self.snapshot_topk = None
         if cfg.mix_on == "both" and d.topk is not None:
-            self.snapshot_topk = d.topk_cache(cache.with_name(cache.stem + ".teacher_topk"), snapshot)
+            self.snapshot_topk = d.topk_cache(cache.with_name(cache.stem + ".teacher_topk"), snapshot, "soda.cache")
         self.snapshot_s = time.perf_counter() - t0  # one-off cost (small when the caches exist)
 
     # ---------------------------------------------------------------- the pairs

@@ -64,7 +64,7 @@ class TopKCache:
 
     @classmethod
     def build_or_load(cls, path: Path, teacher, source: DatasetSource, *, k: int, temperature: float,
-                      vocab_size: int, pad_id: int, teacher_hash: str) -> TopKCache:
+                      vocab_size: int, pad_id: int, teacher_hash: str, setting: str = "loss.topk_cache") -> TopKCache:
         rollouts = source.all()
         weight = teacher.get_output_embeddings().weight
         k = min(k, vocab_size - 1)
@@ -75,7 +75,7 @@ class TopKCache:
             if meta.get("fingerprint") != fp:
                 raise SlimkitError(f"top-k teacher cache {path} was made for another teacher, rollouts, K or "
                                    f"temperature (fingerprint {meta.get('fingerprint')} != {fp}); delete it or set "
-                                   "loss.topk_cache to a new path")
+                                   f"{setting} to a new path")
             return cls(path)
         all_ids, all_lps, offsets = [], [], [0]
         for i in range(0, len(rollouts), _BATCH):

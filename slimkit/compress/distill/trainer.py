@@ -262,14 +262,15 @@ class Distiller:
             return None
         return self.topk_cache(self._cache_path(self.cfg.loss.topk_cache, "teacher_topk"), self.source)
 
-    def topk_cache(self, path: Path, source):
-        """The teacher's cached top-k on the fixed rollouts of `source` (built once, on rank 0 first)."""
+    def topk_cache(self, path: Path, source, setting: str = "loss.topk_cache"):
+        """The teacher's cached top-k on the fixed rollouts of `source` (built once, on rank 0 first);
+        `setting`: the recipe key that moves it (named when a stale cache is refused)."""
         from slimkit.compress.distill.topk import TopKCache
 
         loss = self.cfg.loss
         make = functools.partial(TopKCache.build_or_load, path, self.teacher, source, k=loss.topk, vocab_size=len(self.tok),
                                  temperature=loss.temperature, pad_id=self.pad_id,
-                                 teacher_hash=artifacts.dir_hash(self.teacher_dir))
+                                 teacher_hash=artifacts.dir_hash(self.teacher_dir), setting=setting)
         with parallel.full_weights(self.teacher_body):
             return self.env.rank0_first(make)
 
