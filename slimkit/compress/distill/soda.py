@@ -63,14 +63,18 @@ class Pair:
     first: int = 0  # the first response token where chosen and rejected differ (soda.contrast first_divergence)
 
 
-def sequence_logprobs(hidden: torch.Tensor, weight: torch.Tensor, batch: Batch,
-                      vocab_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sequence_logprobs(hidden: torch.Tensor, weight: torch.Tensor, batch: Batch, vocab_size: int,
+                      sequences: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(per-sequence sums [B], per-token log-probs [N], sequence of each token [N]) of the supervised
-    tokens, from the hidden states at the supervised positions `hidden` [N, H] (rows in batch order)."""
+    tokens, from the hidden states at the supervised positions `hidden` [N, H] (rows in batch order).
+    `sequences` (bool [B]): only their tokens run through the kernel; the others' log-probs are 0."""
     targets = batch.input_ids[:, 1:][batch.target_mask]
     seq = torch.arange(batch.input_ids.shape[0], device=hidden.device).unsqueeze(1).expand_as(batch.target_mask)
     seq = seq[batch.target_mask]
-    lp = kernels.linear_logprob(hidden, weight, targets, vocab_size=vocab_size).logprob
+    rows = None if sequences is None else sequences[seq].nonzero().squeeze(1)
+    lp = kernels.linear_logprob(hidden, weight, targets, rows=rows, vocab_size=vocab_size).logprob
+    if rows is not None:
+        lp = lp.new_zeros(targets.shape[0]).index_put((rows,), lp)
     sums = torch.zeros(batch.input_ids.shape[0], dtype=lp.dtype, device=lp.device).index_add(0, seq, lp)
     return sums, lp, seq
 
@@ -185,7 +189,13 @@ class Soda:
         batch = collate(batch_rollouts(part, con), d.pad_id, d.env.device)
         w = d.student.get_output_embeddings().weight
         h = self._hidden(d.model, batch)
-        pi, lp, seq = sequence_logprobs(h, w, batch, self.vocab)
+        # the log-probs the loss reads: the contrasted pairs' (and with mix sft every chosen response's)
+        needed = None
+        if cfg.mix != "sft":
+            needed = torch.zeros(batch.input_ids.shape[0], dtype=torch.bool, device=h.device)
+            needed[con] = True
+            needed[n:] = True
+        pi, lp, seq = sequence_logprobs(h, w, batch, self.vocab, needed)
         if cfg.contrast == "first_divergence":  # each sequence's log-prob at its pair's first differing token
             counts = batch.target_mask.sum(1)
             at = [p.first for p in part] + [part[i].first for i in con]
@@ -199,17 +209,18 @@ class Soda:
         if cfg.mix != "none":
             rows = int((seq < n).sum())  # the chosen responses' rows come first
             if cfg.mix == "sft":
-                per_token = -lp[:rows]
+                mixed = -lp[:rows].sum()
             else:
                 if cfg.mix_on == "both":  # every fed response: the teacher's and the contrasted student ones
                     rows, teacher = h.shape[0], self._teacher(batch, part, con)
                 else:
                     teacher = d._teacher_rows(batch.split(n)[0], chosen)
-                per_token = kernels.linear_kl(h[:rows], w, teacher, kind="forward", temperature=d.cfg.loss.temperature,
-                                              reduction="none", vocab_size=self.vocab).loss
+                # reduction sum: the kernel builds the gradient in its forward pass (no recompute)
+                mixed = kernels.linear_kl(h[:rows], w, teacher, kind="forward", temperature=d.cfg.loss.temperature,
+                                          reduction="sum", vocab_size=self.vocab).loss
             # x pairs / tokens of the step: once train_step divides by the pairs, the mean over the step's
             # mixed tokens, as KD's loss is (a per-response mean would weigh a short response's tokens more)
-            loss = loss + cfg.mix_weight * per_token.sum() * (self.step_pairs / max(self.step_tokens, 1))
+            loss = loss + cfg.mix_weight * mixed * (self.step_pairs / max(self.step_tokens, 1))
         loss.backward()  # a sum over pairs: train_step divides the gradients by the step's pairs ("norm")
         for k, v in {"tokens": n, "kept": n, "norm": n, "contrast_n": len(con), "sequences": n + len(con),
                      "loss_sum": float(loss.detach()), "dpo_sum": float(dpo.detach()),
