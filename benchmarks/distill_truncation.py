@@ -3,7 +3,7 @@
     python benchmarks/distill_truncation.py toy  [--configs r0.5_cot,r1.0_cot] [--steps 150]
     python benchmarks/distill_truncation.py soda [--configs kd,soda_fkl,opd] [--steps 150]
     python benchmarks/distill_truncation.py soda --configs kd,opd --equal-time soda_fkl
-    flock /tmp/slimkit-bench.lock python benchmarks/distill_truncation.py timing --steps 12
+    flock /tmp/slimkit-bench.lock python benchmarks/distill_truncation.py timing --steps 10 --repeats 3
     python benchmarks/distill_truncation.py memory [--seqs 4 --seq-len 1040]
 
 toy: KD (forward KL, live teacher) on cached teacher rollouts of arith (temperature 0.7), one
@@ -14,7 +14,7 @@ the start and of each result. `--seed N` runs them with train.seed N (and its ow
 soda: SODA (DPO vs the cached student snapshot, + forward KL on the teacher response for soda_fkl) vs
 plain KD on the same teacher rollouts vs on-policy distillation (OPD, student rollouts), at equal
 steps; `--equal-time NAME` reruns the given configs with the steps that fit in NAME's training time.
-timing: short runs of a few configs back to back, for step-time ratios on a shared machine.
+timing: short runs of a few configs, in rounds, for step-time ratios on a shared machine.
 memory: the step of `benchmarks/distill_memory.py` (random init, vocabulary 151936, student hidden 512,
 teacher hidden 1024) on sequences of 16 prompt + 1024 response tokens, r = 1 vs r = 0.5.
 
@@ -87,18 +87,22 @@ ABOUT_SODA = ("Toy world, arith: SODA (DPO of the teacher's response vs the star
               "train_s: sum of step times (rollouts included); wall_s: the whole process (loading, teacher "
               "rollouts when not cached, the final 600-problem eval); step_vs_opd: mean step "
               "time against opd's at equal steps. budget: equal steps, or @NAME: the steps that fit in NAME's train_s.")
-ABOUT_TIMING = ("Step time of short runs, one after another in one invocation (under the bench lock; the machine "
-                "is shared, so only ratios within one invocation mean anything): mean step_s over steps 4.. (OPD's "
-                "includes its rollouts); step_vs_base: against `base` (r = 1 with the same sections; opd for SODA).")
+ABOUT_TIMING = ("Step time of short runs in one invocation (under the bench lock; only ratios within one invocation "
+                "mean anything), glibc's default allocator settings (the step peak is in the other tables): `repeats` "
+                "rounds over the configs in turn, each run's mean step_s over its steps 4.. (OPD's includes its "
+                "rollouts); step_s: the median over the rounds (min and max beside it); step_vs_base: against `base` "
+                "(r = 1 with the same sections; opd for SODA and KD).")
 ABOUT_MEM = ("One step of `benchmarks/distill_memory.py`'s worker (random init, vocabulary 151936, student hidden 512, "
              "teacher hidden 1024, its layers) on sequences of 16 prompt + response tokens, truncation.ratio r over "
              "the response (P+CoT+A supervised; no markers: all answer). peak_mem_mb: step peak RSS above the step's "
              "start (glibc mmap threshold 64 KiB); ratios against r = 1 in the same invocation.")
 
 
-def run(name: str, sets: list[str], steps: int, data_n: int, threads: int) -> dict:
+def run(name: str, sets: list[str], steps: int, data_n: int, threads: int, exact_peak: bool = True) -> dict:
     """One `slimkit distill` subprocess (a recipe file of BASE + sets); its step records, final eval, times.
-    --reuse: a run whose directory logs all its steps and the final eval is read, not run again."""
+    --reuse: a run whose directory logs all its steps and the final eval is read, not run again.
+    exact_peak: glibc's mmap threshold fixed at 64 KiB, so freed tensors leave the RSS at once and each
+    step's peak RSS is its own (at the price of page faults on every large allocation: slower steps)."""
     import yaml
 
     from slimkit.recipe import apply_overrides
@@ -118,7 +122,7 @@ def run(name: str, sets: list[str], steps: int, data_n: int, threads: int) -> di
     recipe.write_text(yaml.safe_dump(apply_overrides({}, sets)))
     cmd = [sys.executable, "-m", "slimkit.cli", "distill", str(recipe), "--overwrite"]
     print(" ".join(cmd), flush=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"MALLOC_MMAP_THRESHOLD_": "65536"} if exact_peak else {})}
     t0 = time.time()
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.time() - t0
@@ -254,16 +258,22 @@ def soda_part(args) -> None:
 def timing_part(args) -> None:
     """Short runs of a few configs one after another (run it under the bench lock): step-time ratios."""
     names = (args.configs or "r1.0_all,r0.5_all,r1.0_cot,r0.5_cot,soda_fkl,opd").split(",")
-    rows = []
-    for name in names:
-        sets = [*(TOY.get(name) or SODA[name]), "eval.n=1"]  # the eval is not what is timed
-        # a run directory per data size: its caches (e.g. the top-k teacher) belong to its rollouts
-        size = "" if args.data_n == 3200 else f"_n{args.data_n}"
-        res = run(f"{name}_timing{size}", sets, args.steps, args.data_n, args.threads)
-        row = summary(res)
-        rows.append({"config": name, "steps": row["steps"], "step_s": row["step_s"],
-                     "peak_mem_mb": row["peak_mem_mb"], "fed_tokens": row.get("fed_tokens")})
-        print(rows[-1], flush=True)
+    # rounds over every config in turn, so a drift in the machine's speed meets them all alike
+    times: dict[str, list[float]] = {name: [] for name in names}
+    fed: dict[str, float | None] = {}
+    for _ in range(args.repeats):
+        for name in names:
+            sets = [*(TOY.get(name) or SODA[name]), "eval.n=1"]  # the eval is not what is timed
+            # a run directory per data size: its caches (e.g. the top-k teacher) belong to its rollouts
+            size = "" if args.data_n == 3200 else f"_n{args.data_n}"
+            # glibc's own allocator settings, as a user runs: the step peak is not measured here
+            res = run(f"{name}_timing{size}", sets, args.steps, args.data_n, args.threads, exact_peak=False)
+            row = summary(res)
+            times[name].append(row["step_s"])
+            fed[name] = row.get("fed_tokens")
+            print(name, row["step_s"], flush=True)
+    rows = [{"config": name, "steps": args.steps, "repeats": args.repeats, "step_s": statistics.median(t),
+             "step_s_min": min(t), "step_s_max": max(t), "fed_tokens": fed[name]} for name, t in times.items()]
     by = {r["config"]: r for r in rows}
     for r in rows:
         parts = r["config"].split("_")
@@ -302,7 +312,7 @@ def memory_part(args) -> None:
 def settings(args) -> dict:
     """The arguments that the part uses."""
     used = {"toy": ("configs", "steps", "threads", "seed"), "soda": ("configs", "steps", "threads", "equal_time", "seed"),
-            "timing": ("configs", "steps", "threads", "data_n"), "memory": ("seqs", "seq_len", "layers", "threads")}
+            "timing": ("configs", "steps", "threads", "data_n", "repeats"), "memory": ("seqs", "seq_len", "layers", "threads")}
     return {k: getattr(args, k) for k in used[args.part] if getattr(args, k) is not None}
 
 
@@ -314,6 +324,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--equal-time", default=None, help="soda: steps that fit in this config's train_s")
     ap.add_argument("--data-n", type=int, default=3200, help="timing: prompts (3200: the toy runs' teacher cache)")
+    ap.add_argument("--repeats", type=int, default=3, help="timing: rounds over the configs (the median is kept)")
     ap.add_argument("--seqs", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=1040)
     ap.add_argument("--layers", type=int, default=2)
