@@ -145,16 +145,21 @@ class _LogprobFn(torch.autograd.Function):
     def backward(ctx, g_lp, g_ent, g_lse):
         h, w, b, targets, lse, ent, idx = ctx.saved_tensors
         grads = _grad_buffers(lse.shape[0], h, w, b, ctx.needs_input_grad[:3])
+        with_ent = g_ent is not None  # the entropy's term only when something reads the entropy
         zeros = torch.zeros_like(lse)
         g_lp, g_ent, g_lse = (zeros if g is None else g.to(lse.dtype) for g in (g_lp, g_ent, g_lse))
         for sl, r in _chunks(lse.shape[0], ctx.chunk, idx):
             hc = h[r]
             s = _logits(hc, w, b, ctx.temperature).sub_(lse[sl, None])
-            p = s.exp()
             # d lp/dz = onehot - p; d ent/dz = -p (s + ent); d lse/dz = p
-            dz = s.add_(ent[sl, None]).mul_(p).mul_(-g_ent[sl, None]).add_(p * (g_lse[sl] - g_lp[sl])[:, None])
+            if with_ent:
+                p = s.exp()
+                dz = s.add_(ent[sl, None]).mul_(p).mul_(-g_ent[sl, None]).add_(p * (g_lse[sl] - g_lp[sl])[:, None])
+                del p
+            else:
+                dz = s.exp_().mul_((g_lse[sl] - g_lp[sl])[:, None])
             dz.scatter_add_(1, targets[sl, None], g_lp[sl, None])
-            del s, p
+            del s
             _add_grads(dz, hc, w, ctx.temperature, grads, sl)
         return *_scatter(_cast(grads, (h, w, b)), idx, h.shape[0]), None, None, None, None
 
