@@ -312,13 +312,19 @@ def linear_kl(student_hidden: Tensor, student_weight: Tensor, teacher: object, *
               beta: float = 0.5, temperature: float = 1.0, rows: Tensor | None = None,
               reduction: str = "sum", ignore_index: int = -100, labels: Tensor | None = None,
               student_bias: Tensor | None = None, vocab_size: int | None = None,
-              backend: str | None = None, weight_grad_into: Tensor | None = None) -> KLOutput:
+              backend: str | None = None, weight_grad_into: Tensor | None = None,
+              logprob_targets: Tensor | None = None, logprob_coef: Tensor | None = None) -> KLOutput:
     """Divergence between the student's softmax((h @ W.T + b) / T) and a teacher, per position, never
     materializing [N, V] logits. See the module docstring for exact semantics.
 
     >>> out = linear_kl(h_s, student.lm_head.weight, LiveTeacher(h_t, teacher.lm_head.weight),
     ...                 kind="forward", labels=labels, reduction="sum")
     >>> (out.loss / n_tokens).backward(); log(out.kl.mean(), out.entropy.mean())
+
+    `logprob_targets` and `logprob_coef` (both [...], reduction 'sum'): the loss also holds
+    sum_i coef_i * log p_i(target_i), the student's log-prob of a target per row times a constant (e.g.
+    a DPO term's d loss / d log-prob, from a no-grad `linear_logprob` pass). The chunked backend builds
+    its gradient in the same pass over the vocabulary as the KL's; the others add a `linear_logprob`.
     """
     hidden, weight = _student(student_hidden, student_weight, student_bias,
                               ("student_hidden", "student_weight", "student_bias"))
@@ -350,6 +356,23 @@ def linear_kl(student_hidden: Tensor, student_weight: Tensor, teacher: object, *
             weight, into = _grad_through_hook(weight, into), None
     w, b = _vocab_rows(weight, v), _vocab_rows(student_bias, v)
     shape = _out_shape(lead, idx)
+    lp = None
+    if (logprob_targets is None) != (logprob_coef is None):
+        chk.fail("logprob_targets and logprob_coef go together")
+    if logprob_targets is not None:
+        if reduction != "sum":
+            chk.fail(f"logprob_targets needs reduction 'sum', got {reduction!r}")
+        tg = _select(chk.int_tensor("logprob_targets", logprob_targets, lead), lead, idx).long()
+        chk.in_range("logprob_targets", tg, v)
+        if tuple(chk.float_tensor("logprob_coef", logprob_coef).shape) != lead:
+            chk.fail(f"logprob_coef has shape {tuple(logprob_coef.shape)}, expected {lead}")
+        lp = (tg, _select(logprob_coef, lead, idx).detach().to(hidden.device))
+    if lp is not None and name != "chunked":  # one more pass over the vocabulary for the log-prob term
+        extra_lp = (lp[1].to(torch.float64 if h.dtype == torch.float64 else torch.float32)
+                    * mod.logprob(h, w, b, lp[0], t, idx)[0]).sum()
+        lp = None
+    else:
+        extra_lp = None
     if reduction == "none":
         kl, ent = mod.kl(h, w, b, tch, kind, beta, t, None, idx)
         loss = torch.where(valid, kl, 0.0)
@@ -359,7 +382,11 @@ def linear_kl(student_hidden: Tensor, student_weight: Tensor, teacher: object, *
         if reduction == "mean":
             weights = weights / valid.sum().clamp_min(1)
         extra = {} if into is None else {"weight_grad": into}
+        if lp is not None:
+            extra["lp"] = lp
         loss, kl, ent = mod.kl(h, w, b, tch, kind, beta, t, weights, idx, **extra)
+        if extra_lp is not None:
+            loss = loss + extra_lp
         kl = torch.where(valid, kl, 0.0)
     _check_outputs([ent, kl], idx, {
         "student_hidden": (h, False, True), "student_weight": (w, False, False), "student_bias": (b, False, False),

@@ -201,9 +201,18 @@ def _jsd_live_nograd(hc, w, b, tc: TeacherRows, beta, temperature):
     return loss, -p_s
 
 
-def _kl_chunk_live(hc, w, b, tc: TeacherRows, kind, temperature, sl, row_grad, grads):
+def _lp_term(s: Tensor, p: Tensor, lp) -> tuple[Tensor, Tensor]:
+    """The target log-prob term sum_i c_i log p_i(t_i) of one chunk (lp = (targets, c)): its per-row values
+    c_i s_i(t_i) and d/dz = c (onehot(t) - p)."""
+    t, c = lp
+    dz = p * -c[:, None]
+    dz.scatter_add_(1, t[:, None], c[:, None].to(dz.dtype))
+    return c * s.gather(1, t[:, None])[:, 0], dz
+
+
+def _kl_chunk_live(hc, w, b, tc: TeacherRows, kind, temperature, sl, row_grad, grads, lp=None):
     """Forward / reverse KL against a live teacher: no -inf anywhere, so fewer passes and temporaries
-    (at most 3 [chunk, V] blocks)."""
+    (at most 3 [chunk, V] blocks; one more with `lp`)."""
     lq = _log_softmax(_logits(tc.hidden, tc.weight, tc.bias, temperature))
     if kind == "forward":  # sum q (lq - s); dz = p - q
         q = lq.exp()
@@ -212,6 +221,7 @@ def _kl_chunk_live(hc, w, b, tc: TeacherRows, kind, temperature, sl, row_grad, g
     s = _log_softmax(_logits(hc, w, b, temperature))
     p = s.exp()
     ent = -_rowdot(p, s)
+    lp_rows, lp_dz = _lp_term(s, p, lp) if lp is not None else (None, None)
     if kind == "forward":
         loss = q_lq - _rowdot(q, s)
         del s
@@ -224,25 +234,32 @@ def _kl_chunk_live(hc, w, b, tc: TeacherRows, kind, temperature, sl, row_grad, g
     if dz is not None:
         del p
         dz.mul_(row_grad[:, None])
+        if lp_dz is not None:
+            dz.add_(lp_dz)
+            del lp_dz
         _add_grads(dz, hc, w, temperature, grads, sl)
-    return loss, ent
+    return (loss, ent) if lp is None else (loss, ent, lp_rows)
 
 
-def _kl_chunk(hc, w, b, tc: TeacherRows, kind, beta, temperature, sl, row_grad, grads):
+def _kl_chunk(hc, w, b, tc: TeacherRows, kind, beta, temperature, sl, row_grad, grads, lp=None):
     """One chunk: hc [chunk, H] student hidden rows and tc the teacher at the same rows; per-row loss and
     entropy; with row_grad (d out / d loss_row) also add these rows' gradient contributions to `grads`
-    (sl: their rows in the selected-rows dH)."""
+    (sl: their rows in the selected-rows dH). lp = (targets, c) (with row_grad only): also the term
+    c * log p(target) per row, its values returned third and its gradient added to `grads`."""
     if tc.kind == "live" and kind != "jsd":
-        return _kl_chunk_live(hc, w, b, tc, kind, temperature, sl, row_grad, grads)
+        return _kl_chunk_live(hc, w, b, tc, kind, temperature, sl, row_grad, grads, lp)
     if tc.kind == "live" and row_grad is None:
         return _jsd_live_nograd(hc, w, b, tc, beta, temperature)
     z = _logits(hc, w, b, temperature)
     lse = z.logsumexp(-1)
     lq = _teacher_logprobs(tc, temperature, z.dtype)
+    lp_rows = lp_dz = None
     if tc.kind == "sparse":
         s, tail = _math.sparse_buckets(z, lse, tc.ids)
         p = (z - lse[:, None]).exp_()
         ent = _math.entropy(z, lse, p)
+        if lp is not None:
+            lp_rows, lp_dz = _lp_term(z - lse[:, None], p, lp)
         p = None
         loss, g = _math.kind_loss_and_grad(s, lq, kind, beta)
         if row_grad is not None:
@@ -251,6 +268,8 @@ def _kl_chunk(hc, w, b, tc: TeacherRows, kind, beta, temperature, sl, row_grad, 
         s = z.sub_(lse[:, None])
         p = s.exp()
         ent = -_rowdot(p, s)
+        if lp is not None:
+            lp_rows, lp_dz = _lp_term(s, p, lp)
         loss, g = _math.kind_loss_and_grad(s, lq, kind, beta)
         del lq
         if row_grad is not None:
@@ -258,8 +277,11 @@ def _kl_chunk(hc, w, b, tc: TeacherRows, kind, beta, temperature, sl, row_grad, 
             dz = _math.dense_logit_grad(p, g)
     if row_grad is not None:
         del g, s, p, z
+        if lp_dz is not None:
+            dz.add_(lp_dz)
+            del lp_dz
         _add_grads(dz, hc, w, temperature, grads, sl)
-    return loss, ent
+    return (loss, ent) if lp is None else (loss, ent, lp_rows)
 
 
 class _KLRecomputeFn(torch.autograd.Function):
@@ -296,10 +318,12 @@ class _KLEagerFn(torch.autograd.Function):
     docstring)."""
 
     @staticmethod
-    def forward(ctx, h, w, b, teacher, kind, beta, temperature, chunk, weights, grad_enabled, idx, weight_grad):
+    def forward(ctx, h, w, b, teacher, kind, beta, temperature, chunk, weights, grad_enabled, idx, weight_grad,
+                lp=None):
         n = weights.shape[0]
         kl = torch.empty(n, dtype=_dtype(h), device=h.device)
         ent = torch.empty_like(kl)
+        lp_sum = kl.new_zeros(())
         # needs_input_grad stays True under torch.no_grad(): don't build gradients nobody will use.
         needs = tuple(grad_enabled and x for x in ctx.needs_input_grad[:3])
         into = weight_grad is not None and needs[1]
@@ -308,15 +332,23 @@ class _KLEagerFn(torch.autograd.Function):
             grads[1] = weight_grad
         weights = weights.to(kl.dtype)
         for sl, r in _chunks(n, chunk, idx):
-            kl[sl], ent[sl] = _kl_chunk(h[r], w, b, teacher.take(r), kind, beta, temperature, sl,
-                                        weights[sl] if grads else None, grads)
+            if lp is None:
+                kl[sl], ent[sl] = _kl_chunk(h[r], w, b, teacher.take(r), kind, beta, temperature, sl,
+                                            weights[sl] if grads else None, grads)
+                continue
+            # the target log-prob term: d/dz is built with the KL's in the same pass (grads needed)
+            row_grad = weights[sl] if grads else torch.zeros_like(weights[sl])
+            kl[sl], ent[sl], lp_rows = _kl_chunk(h[r], w, b, teacher.take(r), kind, beta, temperature, sl,
+                                                 row_grad, grads or _grad_buffers(n, h, w, b, (False,) * 3),
+                                                 (lp[0][sl], lp[1][sl].to(kl.dtype)))
+            lp_sum += lp_rows.sum()
         if into:
             grads[1] = None  # already where it belongs: autograd returns None for the weight
         # dH stays [n, H] (selected rows) here; the backward scatters it to h's rows.
         ctx.grads = _cast(grads, (h, w, b)) if grads else (None, None, None)
         ctx.idx, ctx.n_rows, ctx.into = idx, h.shape[0], into
         ctx.mark_non_differentiable(kl, ent)
-        return (kl * weights).sum(), kl, ent
+        return (kl * weights).sum() + lp_sum, kl, ent
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -330,18 +362,19 @@ class _KLEagerFn(torch.autograd.Function):
         # so no second [V, H] buffer is ever allocated for the weight gradient.
         grads = tuple(None if g is None else g.mul_(g_loss.to(g.dtype)) for g in ctx.grads)
         ctx.grads = None
-        return *_scatter(grads, ctx.idx, ctx.n_rows), None, None, None, None, None, None, None, None, None
+        return *_scatter(grads, ctx.idx, ctx.n_rows), None, None, None, None, None, None, None, None, None, None
 
 
 def kl(h: Tensor, w: Tensor, b: Tensor | None, teacher: TeacherRows, kind: str, beta: float,
        temperature: float, weights: Tensor | None, rows: Tensor | None = None,
-       weight_grad: Tensor | None = None) -> tuple[Tensor, ...]:
+       weight_grad: Tensor | None = None, lp: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, ...]:
     """h [N, H] and the teacher's per-row tensors [N, ...]; outputs (and `weights`) are for the n
     selected rows (`rows`, or all N). weight_grad: a buffer of w's shape in the accumulation dtype
-    (eager mode only) that receives d loss / d w during the forward."""
+    (eager mode only) that receives d loss / d w during the forward. lp = (targets [n], c [n]) (eager
+    mode only): the loss also holds sum c * log p(target), built in the same pass as the KL."""
     n = h.shape[0] if rows is None else rows.shape[0]
     chunk = chunk_rows(n, h.shape[1], w.shape[0])
     if weights is None:
         return _KLRecomputeFn.apply(h, w, b, teacher, kind, beta, temperature, chunk, n, rows)
     return _KLEagerFn.apply(h, w, b, teacher, kind, beta, temperature, chunk, weights, torch.is_grad_enabled(),
-                            rows, weight_grad)
+                            rows, weight_grad, lp)

@@ -135,3 +135,46 @@ def test_repeated_unsorted_rows_across_small_chunks(backend, teacher_kind, reduc
     unselected[rows] = False
     assert float(got_g[0].reshape(n, H)[unselected].abs().sum()) == 0.0
     assert teacher_kind != "live" or t32.hidden.grad is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("teacher_kind,kind", [("live", "forward"), ("live", "reverse"), ("sparse", "forward"),
+                                               ("dense", "jsd")])
+def test_kl_with_a_target_logprob_term_matches_reference(backend, teacher_kind, kind):
+    """loss = sum KL + sum c * log p(target): the chunked backend builds both gradients in one pass."""
+    hidden, weight, bias = student(N, H, V_ROWS, 4)
+    t32, t64 = teacher(teacher_kind, N, V_ROWS, V, 4, k=8)
+    g = torch.Generator().manual_seed(9)
+    targets, coef = torch.randint(0, V, (N,), generator=g), torch.randn(N, generator=g)
+    kw = dict(vocab_size=V, rows=_rows(N, 4), labels=_labels(N, V, 4), temperature=1.3, kind=kind, beta=0.3,
+              reduction="sum", logprob_targets=targets)
+    outs = {}
+    for name, dtype, tch in (("reference", torch.float64, t64), (backend, torch.float32, t32)):
+        h, w, b = leaves(hidden, weight, bias, dtype=dtype)
+        out = linear_kl(h, w, tch, student_bias=b, backend=name, logprob_coef=coef.to(dtype), **kw)
+        out.loss.backward()
+        # the same without the term: the difference is the term itself
+        plain = linear_kl(h.detach(), w.detach(), tch, student_bias=b.detach(), backend=name,
+                          **{k: v for k, v in kw.items() if k != "logprob_targets"})
+        outs[name] = out, plain, (h.grad, w.grad, b.grad)
+    (want, want_plain, want_g), (got, got_plain, got_g) = outs["reference"], outs[backend]
+    close(got.loss, want.loss, what="loss")
+    lp = linear_logprob(hidden.double(), weight.double(), targets, bias=bias.double(), temperature=1.3,
+                        rows=kw["rows"], vocab_size=V, backend="reference").logprob
+    term = (coef.double()[kw["rows"]] * lp).sum()
+    close(want.loss - want_plain.loss, term, what="the term")
+    close(got.loss - got_plain.loss, term, what="the term")
+    for name, a, e in zip(("d hidden", "d weight", "d bias"), got_g, want_g, strict=True):
+        close(a, e, what=name)
+
+
+def test_a_target_logprob_term_needs_reduction_sum_and_both_parts():
+    hidden, weight, _ = student(N, H, V, 1, bias=False)
+    tch = (hidden.clone(), weight.clone())
+    targets, coef = torch.zeros(N, dtype=torch.long), torch.ones(N)
+    from slimkit.kernels import KernelInputError
+
+    with pytest.raises(KernelInputError, match="logprob_targets needs reduction 'sum'"):
+        linear_kl(hidden, weight, tch, reduction="mean", logprob_targets=targets, logprob_coef=coef)
+    with pytest.raises(KernelInputError, match="go together"):
+        linear_kl(hidden, weight, tch, logprob_targets=targets)

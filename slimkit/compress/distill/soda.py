@@ -189,13 +189,23 @@ class Soda:
         batch = collate(batch_rollouts(part, con), d.pad_id, d.env.device)
         w = d.student.get_output_embeddings().weight
         h = self._hidden(d.model, batch)
+        # x pairs / tokens of the step: once train_step divides by the pairs, the mix term is the mean over
+        # the step's mixed tokens, as KD's loss is (a per-response mean would weigh a short response's tokens more)
+        mix_scale = cfg.mix_weight * self.step_pairs / max(self.step_tokens, 1)
+        # mix forward on both responses: the KL covers every row, so one kernel pass over the vocabulary builds
+        # the KL's gradient and the DPO log-probs' (their d loss / d log-prob from a no-grad pass first)
+        fused = cfg.mix == "forward" and cfg.mix_on == "both" and mix_scale > 0
         # the log-probs the loss reads: the contrasted pairs' (and with mix sft every chosen response's)
         needed = None
         if cfg.mix != "sft":
             needed = torch.zeros(batch.input_ids.shape[0], dtype=torch.bool, device=h.device)
             needed[con] = True
             needed[n:] = True
-        pi, lp, seq = sequence_logprobs(h, w, batch, self.vocab, needed)
+        with torch.no_grad() if fused else contextlib.nullcontext():
+            pi, lp, seq = sequence_logprobs(h, w, batch, self.vocab, needed)
+        if fused:
+            lp = lp.requires_grad_()  # a leaf: d dpo / d lp gives each row's coefficient below
+            pi = torch.zeros_like(pi).index_add(0, seq, lp)
         if cfg.contrast == "first_divergence":  # each sequence's log-prob at its pair's first differing token
             counts = batch.target_mask.sum(1)
             at = [p.first for p in part] + [part[i].first for i in con]
@@ -205,23 +215,29 @@ class Soda:
         idx = torch.tensor(con, dtype=torch.long, device=pi.device)
         margin = cfg.beta * ((pi[idx] - ref[:, 0]) - (pi[n:] - ref[:, 1]))
         dpo = -F.logsigmoid(margin).sum()
-        loss = dpo
-        if cfg.mix != "none":
-            rows = int((seq < n).sum())  # the chosen responses' rows come first
-            if cfg.mix == "sft":
-                mixed = -lp[:rows].sum()
-            else:
-                if cfg.mix_on == "both":  # every fed response: the teacher's and the contrasted student ones
-                    rows, teacher = h.shape[0], self._teacher(batch, part, con)
+        if fused:
+            coef = torch.autograd.grad(dpo, lp)[0] / mix_scale
+            out = kernels.linear_kl(h, w, self._teacher(batch, part, con), kind="forward",
+                                    temperature=d.cfg.loss.temperature, reduction="sum", vocab_size=self.vocab,
+                                    logprob_targets=batch.input_ids[:, 1:][batch.target_mask], logprob_coef=coef)
+            (out.loss * mix_scale).backward()
+            loss = dpo.detach() + mix_scale * out.kl.sum()
+        else:
+            loss = dpo
+            if cfg.mix != "none":
+                rows = int((seq < n).sum())  # the chosen responses' rows come first
+                if cfg.mix == "sft":
+                    mixed = -lp[:rows].sum()
                 else:
-                    teacher = d._teacher_rows(batch.split(n)[0], chosen)
-                # reduction sum: the kernel builds the gradient in its forward pass (no recompute)
-                mixed = kernels.linear_kl(h[:rows], w, teacher, kind="forward", temperature=d.cfg.loss.temperature,
-                                          reduction="sum", vocab_size=self.vocab).loss
-            # x pairs / tokens of the step: once train_step divides by the pairs, the mean over the step's
-            # mixed tokens, as KD's loss is (a per-response mean would weigh a short response's tokens more)
-            loss = loss + cfg.mix_weight * mixed * (self.step_pairs / max(self.step_tokens, 1))
-        loss.backward()  # a sum over pairs: train_step divides the gradients by the step's pairs ("norm")
+                    if cfg.mix_on == "both":  # every fed response: the teacher's and the contrasted student ones
+                        rows, teacher = h.shape[0], self._teacher(batch, part, con)
+                    else:
+                        teacher = d._teacher_rows(batch.split(n)[0], chosen)
+                    # reduction sum: the kernel builds the gradient in its forward pass (no recompute)
+                    mixed = kernels.linear_kl(h[:rows], w, teacher, kind="forward", temperature=d.cfg.loss.temperature,
+                                              reduction="sum", vocab_size=self.vocab).loss
+                loss = loss + mix_scale * mixed
+            loss.backward()  # a sum over pairs: train_step divides the gradients by the step's pairs ("norm")
         for k, v in {"tokens": n, "kept": n, "norm": n, "contrast_n": len(con), "sequences": n + len(con),
                      "loss_sum": float(loss.detach()), "dpo_sum": float(dpo.detach()),
                      "margin_sum": float(margin.detach().sum()), "reward_acc_n": float((margin > 0).sum()),
